@@ -1,0 +1,225 @@
+//! The request decision: which service, which subset, and which headers to
+//! remove and set. This is the whole routing contract; the proxy-wasm glue
+//! only feeds it headers and applies what it returns, and the command-line
+//! tool calls the very same function.
+
+use crate::request::Request;
+use crate::rules::{MatchEntry, Rules, Service, StickyKey, StringMatch};
+use crate::split::WeylSequence;
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'r> {
+    /// Index into `Rules::services`; `None` when no service claims the request.
+    pub service: Option<usize>,
+    /// Index into the service's subsets.
+    pub subset: Option<usize>,
+    pub reason: Reason,
+    /// The cluster written into the cluster header.
+    pub cluster: Option<&'r str>,
+    /// Header changes, to be applied in order. Only real changes are listed,
+    /// since each one is a call into the gateway and may make it re-match the
+    /// route.
+    pub edits: Vec<HeaderEdit<'r>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit<'r> {
+    Remove(&'r str),
+    Set(&'r str, &'r str),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// No service's hosts and path prefix fit the request.
+    NoService,
+    /// The incoming gray tag named the subset.
+    Tag,
+    /// The subset's `match[entry]` held.
+    Match { entry: usize },
+    /// The weight split put the request in `bucket` (of 10,000), owned by the
+    /// chosen subset. `sticky` says whether the bucket came from the sticky
+    /// key or from the per-worker sequence.
+    Weight { bucket: u32, sticky: bool },
+    /// Nothing claimed the request; `bucket` is set when a weight split was
+    /// drawn and fell to the default.
+    Default { bucket: Option<u32>, sticky: bool },
+}
+
+impl<'r> Decision<'r> {
+    pub fn service<'a>(&self, rules: &'a Rules) -> Option<&'a Service> {
+        rules.services.get(self.service?)
+    }
+}
+
+/// Decides one request. `sequence` supplies buckets for weighted splits when
+/// the request has no sticky key.
+pub fn decide<'r>(
+    rules: &'r Rules,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+) -> Decision<'r> {
+    let mut edits = Vec::new();
+    // A client never chooses the cluster: whatever it sent is dropped, even
+    // when no service claims the request.
+    if request.has_header(&rules.cluster_header) {
+        edits.push(HeaderEdit::Remove(rules.cluster_header.as_str()));
+    }
+    let mut incoming_tags = request.header_values(&rules.tag_header);
+    let mut incoming_tag = incoming_tags.next();
+    let single_incoming_tag = incoming_tags.next().is_none();
+    if !rules.trust_tag && incoming_tag.is_some() {
+        edits.push(HeaderEdit::Remove(rules.tag_header.as_str()));
+        incoming_tag = None;
+    }
+
+    let host = request.host();
+    let found = rules.host_index.find(
+        &rules.services,
+        host.as_deref().unwrap_or(""),
+        request.path(),
+    );
+    let Some((service_index, service)) = found.and_then(|i| rules.services.get(i).map(|s| (i, s)))
+    else {
+        return Decision {
+            service: None,
+            subset: None,
+            reason: Reason::NoService,
+            cluster: None,
+            edits,
+        };
+    };
+
+    let (subset_index, reason) = choose_subset(service, request, incoming_tag, sequence);
+    let mut cluster = None;
+    if let Some(subset) = service.subsets.get(subset_index) {
+        cluster = Some(subset.cluster.as_str());
+        edits.push(HeaderEdit::Set(
+            rules.cluster_header.as_str(),
+            subset.cluster.as_str(),
+        ));
+        let already_tagged = single_incoming_tag && incoming_tag == Some(subset.tag.as_bytes());
+        if subset_index != service.default && !already_tagged {
+            edits.push(HeaderEdit::Set(
+                rules.tag_header.as_str(),
+                subset.tag.as_str(),
+            ));
+        }
+    }
+    Decision {
+        service: Some(service_index),
+        subset: Some(subset_index),
+        reason,
+        cluster,
+        edits,
+    }
+}
+
+fn choose_subset(
+    service: &Service,
+    request: &Request<'_>,
+    incoming_tag: Option<&[u8]>,
+    sequence: &mut WeylSequence,
+) -> (usize, Reason) {
+    if let Some(tag) = incoming_tag {
+        if let Some(index) = service.subsets.iter().position(|s| s.tag.as_bytes() == tag) {
+            return (index, Reason::Tag);
+        }
+    }
+    for (index, subset) in service.subsets.iter().enumerate() {
+        if let Some(entry) = subset
+            .matches
+            .iter()
+            .position(|entry| entry_matches(entry, request))
+        {
+            return (index, Reason::Match { entry });
+        }
+    }
+    if service.weights.is_empty() {
+        return (
+            service.default,
+            Reason::Default {
+                bucket: None,
+                sticky: false,
+            },
+        );
+    }
+    let (bucket, sticky) = match sticky_key(service, request) {
+        Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
+        None => (sequence.next_bucket(), false),
+    };
+    match service.weights.owner(bucket) {
+        Some(index) => (index, Reason::Weight { bucket, sticky }),
+        None => (
+            service.default,
+            Reason::Default {
+                bucket: Some(bucket),
+                sticky,
+            },
+        ),
+    }
+}
+
+/// The sticky key's value; an empty value counts as absent, or every client
+/// without the key would share one bucket.
+fn sticky_key<'a>(service: &Service, request: &Request<'a>) -> Option<&'a [u8]> {
+    let value = match service.sticky.as_ref()? {
+        StickyKey::Header(name) => request.header(name),
+        StickyKey::Cookie(name) => request.cookie_values(name).next(),
+        StickyKey::SourceIp => request.source_ip(),
+    }?;
+    (!value.is_empty()).then_some(value)
+}
+
+/// All the conditions an entry gives must hold.
+pub fn entry_matches(entry: &MatchEntry, request: &Request<'_>) -> bool {
+    if !entry.methods.is_empty() {
+        let method = request.method().unwrap_or_default();
+        if !entry
+            .methods
+            .iter()
+            .any(|m| m.as_bytes().eq_ignore_ascii_case(method))
+        {
+            return false;
+        }
+    }
+    if let Some(path) = &entry.path {
+        if !path.matches(Some(request.path())) {
+            return false;
+        }
+    }
+    if let Some(regex) = &entry.cookie_regex {
+        if !request
+            .cookie_header()
+            .is_some_and(|cookies| regex.is_match(&cookies))
+        {
+            return false;
+        }
+    }
+    entry
+        .headers
+        .iter()
+        .all(|c| holds(&c.matcher, request.header_values(&c.name)))
+        && entry
+            .cookies
+            .iter()
+            .all(|c| holds(&c.matcher, request.cookie_values(&c.name)))
+        && entry
+            .query
+            .iter()
+            .all(|c| holds(&c.matcher, request.query_values(&c.name)))
+}
+
+/// A named condition holds when any occurrence of the name matches, or, when
+/// the name does not occur at all, when the matcher accepts absence
+/// (`present: false`).
+fn holds<V: AsRef<[u8]>>(matcher: &StringMatch, values: impl Iterator<Item = V>) -> bool {
+    let mut occurred = false;
+    for value in values {
+        if matcher.matches(Some(value.as_ref())) {
+            return true;
+        }
+        occurred = true;
+    }
+    !occurred && matcher.matches(None)
+}

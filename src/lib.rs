@@ -1,0 +1,19 @@
+//! graylane: canary (gray) and blue-green routing for API gateways.
+//!
+//! Where things are:
+//! - [`decision`]: the request decision, the whole routing contract. Start here.
+//! - [`config`]: reads the JSON document and compiles it, once, into [`rules::Rules`].
+//! - [`request`]: the view of one request's headers, cookies and query.
+//! - [`split`]: weights, sticky hashing and the bucket layout.
+//! - `plugin` (not on wasm32-unknown-unknown): the proxy-wasm glue that Envoy
+//!   and APISIX load. It fetches headers, calls [`decision::decide`] and
+//!   applies the edits; nothing else.
+
+pub mod config;
+pub mod decision;
+pub mod request;
+pub mod rules;
+pub mod split;
+
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod plugin;

@@ -1,0 +1,198 @@
+//! The compiled rule set: what `config` builds once from the JSON document and
+//! every request reads. Nothing here is mutated after compilation, so one
+//! value is shared by all requests of a worker.
+
+use std::collections::BTreeMap;
+
+use crate::split::WeightTable;
+
+#[derive(Debug)]
+pub struct Rules {
+    /// Lower-case, as Envoy presents header names to the plugin.
+    pub cluster_header: String,
+    pub tag_header: String,
+    pub trust_tag: bool,
+    pub services: Vec<Service>,
+    pub(crate) host_index: HostIndex,
+    /// Some service is sticky on the source address: the plugin asks the host
+    /// for it only then, since each property read crosses the wasm boundary.
+    pub needs_source_ip: bool,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    /// Index into `subsets`.
+    pub default: usize,
+    pub sticky: Option<StickyKey>,
+    pub subsets: Vec<Subset>,
+    pub(crate) weights: WeightTable,
+}
+
+#[derive(Debug)]
+pub struct Subset {
+    pub name: String,
+    pub cluster: String,
+    pub tag: String,
+    /// Basis points: 500 is 5%.
+    pub weight: u32,
+    pub matches: Vec<MatchEntry>,
+    pub canary: Option<bool>,
+    pub bluegreen: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StickyKey {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    SourceIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Lower-case host without port.
+    Exact(String),
+    /// `*.example.com` is kept as `.example.com`: the host must end with it
+    /// and have at least one more character before it.
+    Suffix(String),
+    Any,
+}
+
+/// One entry of a subset's `match` list: every condition given must hold.
+#[derive(Debug, Default)]
+pub struct MatchEntry {
+    pub headers: Vec<NamedMatch>,
+    pub cookies: Vec<NamedMatch>,
+    pub cookie_regex: Option<regex::bytes::Regex>,
+    pub path: Option<StringMatch>,
+    pub query: Vec<NamedMatch>,
+    /// Upper-case; compared case-insensitively.
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct NamedMatch {
+    /// Lower-case for headers; as written for cookies and query parameters.
+    pub name: String,
+    pub matcher: StringMatch,
+}
+
+#[derive(Debug)]
+pub enum StringMatch {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+    Contains(Vec<u8>),
+    /// Byte regex, so that values that are not UTF-8 can still be matched.
+    Regex(regex::bytes::Regex),
+    Present(bool),
+}
+
+impl StringMatch {
+    /// `value` is `None` when the header, cookie or parameter is absent:
+    /// then only `present: false` matches.
+    pub fn matches(&self, value: Option<&[u8]>) -> bool {
+        let Some(value) = value else {
+            return matches!(self, StringMatch::Present(false));
+        };
+        match self {
+            StringMatch::Exact(want) => value == want.as_slice(),
+            StringMatch::Prefix(want) => value.starts_with(want),
+            StringMatch::Suffix(want) => value.ends_with(want),
+            StringMatch::Contains(want) => contains(value, want),
+            StringMatch::Regex(regex) => regex.is_match(value),
+            StringMatch::Present(present) => *present,
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
+
+/// Finds the services that may claim a host without scanning them all: exact
+/// hosts and wildcard suffixes are looked up by key, and only the services
+/// that listed no host are tried for every request.
+#[derive(Debug, Default)]
+pub(crate) struct HostIndex {
+    exact: BTreeMap<String, Vec<usize>>,
+    suffix: BTreeMap<String, Vec<usize>>,
+    any_host: Vec<usize>,
+}
+
+impl HostIndex {
+    pub(crate) fn new(services: &[Service]) -> Self {
+        let mut index = HostIndex::default();
+        for (position, service) in services.iter().enumerate() {
+            for host in &service.hosts {
+                let list = match host {
+                    HostPattern::Exact(name) => index.exact.entry(name.clone()).or_default(),
+                    HostPattern::Suffix(suffix) => index.suffix.entry(suffix.clone()).or_default(),
+                    HostPattern::Any => &mut index.any_host,
+                };
+                if list.last() != Some(&position) {
+                    list.push(position);
+                }
+            }
+        }
+        index
+    }
+
+    /// The first service, in declared order, whose hosts fit `host` (lower-case,
+    /// no port) and whose path prefix fits `path`.
+    pub(crate) fn find(&self, services: &[Service], host: &str, path: &[u8]) -> Option<usize> {
+        let fits = |index: &usize| {
+            services
+                .get(*index)
+                .is_some_and(|service| path.starts_with(service.path_prefix.as_bytes()))
+        };
+        // Each list is in declared order, so its first fit is its best; the
+        // answer is the earliest of those.
+        let mut best: Option<usize> = None;
+        let mut consider = |list: &[usize]| {
+            if let Some(&found) = list.iter().find(|i| fits(i)) {
+                best = Some(best.map_or(found, |b| b.min(found)));
+            }
+        };
+        if let Some(list) = self.exact.get(host) {
+            consider(list);
+        }
+        // Every proper suffix starting at a dot: for "a.b.example.com" that is
+        // ".b.example.com", ".example.com" and ".com".
+        for (position, _) in host
+            .match_indices('.')
+            .filter(|(position, _)| *position > 0)
+        {
+            if let Some(list) = host
+                .get(position..)
+                .and_then(|suffix| self.suffix.get(suffix))
+            {
+                consider(list);
+            }
+        }
+        consider(&self.any_host);
+        best
+    }
+}
+
+impl Rules {
+    pub fn service_named(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|service| service.name == name)
+    }
+}
+
+impl Service {
+    pub fn default_subset(&self) -> Option<&Subset> {
+        self.subsets.get(self.default)
+    }
+
+    pub fn subset_named(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|subset| subset.name == name)
+    }
+}
