@@ -1,0 +1,177 @@
+//! Every kind of bad configuration is refused with the JSON path of the
+//! field and the reason, all refusals at once; nothing panics.
+
+mod table;
+
+use graylane::config::{compile, ConfigError};
+
+/// A valid service with one subset changed by `edit` (a JSON fragment
+/// spliced in as the subsets list).
+fn service_with_subsets(subsets: &str) -> String {
+    format!(r#"{{"services":[{{"name":"b","default":"stable","subsets":{subsets}}}]}}"#)
+}
+
+fn errors_of(document: &str) -> Vec<ConfigError> {
+    match compile(document.as_bytes()) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.0,
+    }
+}
+
+/// (what, document, expected path, words the reason must contain)
+fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let stable = r#"{"name":"stable","cluster":"s"}"#;
+    vec![
+        ("not JSON", "{services: []}".into(), "$", "not valid JSON: key must be a string at line 1 column 2"),
+        ("not an object", "[1]".into(), "$", "must be an object, got a list"),
+        ("services missing", "{}".into(), "services", "is required"),
+        ("services not a list", r#"{"services":{}}"#.into(), "services", "must be a list, got an object"),
+        ("service name missing", r#"{"services":[{"default":"a","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].name", "is required"),
+        ("default missing", r#"{"services":[{"name":"b","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].default", "is required"),
+        ("cluster missing", service_with_subsets(r#"[{"name":"stable"}]"#), "services[0].subsets[0].cluster", "is required"),
+        ("default names no subset", r#"{"services":[{"name":"b","default":"blue","subsets":[{"name":"green","cluster":"g"}]}]}"#.into(),
+            "services[0].default", "names no subset of this service: \"blue\" (subsets: green)"),
+        ("repeated subset name", service_with_subsets(&format!("[{stable},{stable}]")),
+            "services[0].subsets[1].name", "repeats the name \"stable\""),
+        ("repeated tag", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","tag":"t"}},{{"name":"b","cluster":"b","tag":"t"}}]"#)),
+            "services[0].subsets[2].tag", "repeats the tag \"t\""),
+        ("repeated service name",
+            r#"{"services":[{"name":"b","default":"a","subsets":[{"name":"a","cluster":"c"}]},{"name":"b","default":"a","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[1].name", "repeats the service name \"b\""),
+        ("weights over 100", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","weight":60}},{{"name":"b","cluster":"b","weight":40.01}}]"#)),
+            "services[0].subsets", "sum to 100.01, over 100 (subsets[1] 60 + subsets[2] 40.01)"),
+        ("weight above range", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","weight":101}}]"#)),
+            "services[0].subsets[1].weight", "must be between 0 and 100 (percent), got 101"),
+        ("negative weight", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","weight":-1}}]"#)),
+            "services[0].subsets[1].weight", "must be between 0 and 100"),
+        ("weight with three decimals", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","weight":0.125}}]"#)),
+            "services[0].subsets[1].weight", "at most two decimals, got 0.125"),
+        ("weight as a string", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","weight":"5"}}]"#)),
+            "services[0].subsets[1].weight", "must be a number of percent, got a string"),
+        ("unknown string-match kind", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"headers":[{{"name":"x","equals":"1"}}]}}]}}]"#)),
+            "services[0].subsets[1].match[0].headers[0].equals", "unknown string-match kind; expected exactly one of: exact, prefix, suffix, contains, regex, present"),
+        ("two match kinds", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"path":{{"prefix":"/a","suffix":"b"}}}}]}}]"#)),
+            "services[0].subsets[1].match[0].path", "gives 2 match kinds"),
+        ("no match kind", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"cookies":[{{"name":"x"}}]}}]}}]"#)),
+            "services[0].subsets[1].match[0].cookies[0]", "needs one of: exact, prefix"),
+        ("regex does not compile", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"headers":[{{"name":"x","regex":"(a"}}]}}]}}]"#)),
+            "services[0].subsets[1].match[0].headers[0].regex", "regex does not compile: regex parse error"),
+        ("cookie regex does not compile", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"cookie_regex":"["}}]}}]"#)),
+            "services[0].subsets[1].match[0].cookie_regex", "regex does not compile"),
+        ("regex too big", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"headers":[{{"name":"x","regex":"\\w{{5000}}"}}]}}]}}]"#)),
+            "services[0].subsets[1].match[0].headers[0].regex", "exceeds size limit"),
+        ("misspelt field", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","wieght":5}}]"#)),
+            "services[0].subsets[1].wieght", "unknown field; expected one of: bluegreen, canary, cluster, match, name, tag, weight"),
+        ("empty match entry", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{}}]}}]"#)),
+            "services[0].subsets[1].match[0]", "has no condition"),
+        ("bad method", service_with_subsets(&format!(r#"[{stable},{{"name":"a","cluster":"a","match":[{{"method":["GET /"]}}]}}]"#)),
+            "services[0].subsets[1].match[0].method[0]", "must be an HTTP method"),
+        ("sticky with two keys", r#"{"services":[{"name":"b","default":"a","sticky":{"header":"u","cookie":"u"},"subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].sticky", "exactly one of header, cookie or source_ip"),
+        ("sticky source_ip false", r#"{"services":[{"name":"b","default":"a","sticky":{"source_ip":false},"subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].sticky.source_ip", "must be true"),
+        ("wildcard in the middle", r#"{"services":[{"name":"b","hosts":["a.*.com"],"default":"a","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].hosts[0]", "'*' is allowed only as a leading '*.'"),
+        ("path prefix without slash", r#"{"services":[{"name":"b","path_prefix":"api","default":"a","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].path_prefix", "must start with '/'"),
+        ("pseudo header as cluster header", r#"{"cluster_header":":path","services":[]}"#.into(),
+            "cluster_header", "is not a valid header name"),
+        ("same header for cluster and tag", r#"{"cluster_header":"x-a","tag_header":"X-A","services":[]}"#.into(),
+            "tag_header", "must differ from cluster_header"),
+        ("trust_tag not a boolean", r#"{"trust_tag":"no","services":[]}"#.into(), "trust_tag", "must be true or false, got a string"),
+        ("no subsets", r#"{"services":[{"name":"b","default":"a","subsets":[]}]}"#.into(), "services[0].subsets", "at least one subset"),
+        ("bluegreen label", service_with_subsets(r#"[{"name":"stable","cluster":"s","bluegreen":"purple"}]"#),
+            "services[0].subsets[0].bluegreen", "must be \"blue\" or \"green\""),
+    ]
+}
+
+#[test]
+fn each_bad_configuration_names_its_field_and_reason() {
+    let mut failures = Vec::new();
+    for (what, document, path, reason) in refusals() {
+        let errors = errors_of(&document);
+        if !errors
+            .iter()
+            .any(|e| e.path == path && e.reason.contains(reason))
+        {
+            failures.push(format!("{what}: want {path}: …{reason}…; got {errors:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn all_refusals_are_reported_at_once() {
+    let document = r#"{"services":[{"name":"b","default":"x","subsets":[
+        {"name":"a","cluster":"a","weight":101},
+        {"name":"c","cluster":"c","match":[{"headers":[{"name":"h","regex":"("}]}]}]}]}"#;
+    let paths: Vec<String> = errors_of(document).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "services[0].subsets[0].weight",
+            "services[0].subsets[1].match[0].headers[0].regex",
+            "services[0].default"
+        ]
+    );
+}
+
+#[test]
+fn notes_and_extensions_are_allowed() {
+    let document = r#"{"_comment":"owner: team-b","services":[{"_why":"ticket 42","name":"b","default":"a",
+        "subsets":[{"name":"a","cluster":"c","canary":false,"bluegreen":"Blue"}]}]}"#;
+    assert_eq!(errors_of(document), Vec::new());
+}
+
+#[test]
+fn weights_summing_to_exactly_100_are_accepted() {
+    let document = service_with_subsets(
+        r#"[{"name":"stable","cluster":"s","weight":100},{"name":"a","cluster":"a","weight":33.33},{"name":"b","cluster":"b","weight":66.67}]"#,
+    );
+    assert_eq!(errors_of(&document), Vec::new());
+}
+
+/// Truncations and byte flips of every table document: each is either
+/// compiled or refused with at least one located reason, never a panic.
+#[test]
+fn damaged_documents_never_panic() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut refused = 0;
+    for document in [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS] {
+        let bytes = document.as_bytes();
+        let mut variants: Vec<Vec<u8>> =
+            (0..bytes.len()).map(|cut| bytes[..cut].to_vec()).collect();
+        for _ in 0..2_000 {
+            let mut damaged = bytes.to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() as usize) % damaged.len();
+                damaged[at] = b"{}[]\",:0a-9.e\\ \xff"[(next() % 16) as usize];
+            }
+            variants.push(damaged);
+        }
+        for variant in variants {
+            if let Err(errors) = compile(&variant) {
+                assert!(
+                    !errors.0.is_empty()
+                        && errors
+                            .0
+                            .iter()
+                            .all(|e| !e.path.is_empty() && !e.reason.is_empty())
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 1_000,
+        "the damage should break most documents, broke {refused}"
+    );
+}

@@ -1,0 +1,809 @@
+//! The routing contract as a table: rules, headers in → cluster and header
+//! edits out. `decision_table.rs` runs it natively and `wasm_decision.rs` runs
+//! the same table compiled to WebAssembly under node, so the code that ships
+//! is held to the same answers.
+//!
+//! Edits read as: `-name` removes a header, `name=value` sets it.
+
+use graylane::decision::{decide, HeaderEdit};
+use graylane::request::Request;
+use graylane::split::WeylSequence;
+
+/// The contract's own example document, verbatim.
+pub const CONTRACT: &str = r#"{
+  "cluster_header": "x-graylane-cluster",
+  "tag_header": "x-gray-tag",
+  "trust_tag": true,
+  "services": [
+    {
+      "name": "bservice",
+      "hosts": ["b.example.com", "*.b.example.com"],
+      "path_prefix": "/api/b",
+      "default": "stable",
+      "sticky": { "header": "userid" },
+      "subsets": [
+        { "name": "stable", "cluster": "bservice-stable" },
+        {
+          "name": "canary",
+          "cluster": "bservice-canary",
+          "tag": "canary",
+          "weight": 5,
+          "match": [
+            { "headers": [ { "name": "userid", "exact": "123" } ] },
+            { "cookie_regex": "^(.*?;)?(email=[^;]*@some-company-name.com)(;.*)?$" },
+            { "cookies": [ { "name": "beta", "exact": "1" } ] },
+            { "path": { "prefix": "/api/user" }, "method": ["GET", "HEAD"] },
+            { "query": [ { "name": "canary", "exact": "true" } ] }
+          ]
+        }
+      ]
+    }
+  ]
+}"#;
+
+/// An edge gateway: clients must not pick a version by tag.
+pub const EDGE: &str = r#"{
+  "trust_tag": false,
+  "services": [{
+    "name": "shop", "default": "stable",
+    "subsets": [
+      { "name": "stable", "cluster": "shop-v1" },
+      { "name": "canary", "cluster": "shop-v2",
+        "match": [ { "headers": [ { "name": "x-tester", "present": true } ] } ] }
+    ]
+  }]
+}"#;
+
+/// Every string-match kind and condition, one subset each, with custom
+/// header names; two services to check first-declared-wins and path prefixes.
+pub const KINDS: &str = r#"{
+  "cluster_header": "X-Route-To",
+  "tag_header": "X-Lane",
+  "services": [
+    {
+      "name": "api", "hosts": ["api.example.com"], "path_prefix": "/v2", "default": "blue",
+      "subsets": [
+        { "name": "blue", "cluster": "api-blue", "bluegreen": "blue" },
+        { "name": "exact", "cluster": "c-exact", "match": [ { "headers": [ { "name": "x-k", "exact": "exact" } ] } ] },
+        { "name": "prefix", "cluster": "c-prefix", "match": [ { "headers": [ { "name": "x-k", "prefix": "pre-" } ] } ] },
+        { "name": "suffix", "cluster": "c-suffix", "match": [ { "headers": [ { "name": "x-k", "suffix": "-suf" } ] } ] },
+        { "name": "contains", "cluster": "c-contains", "match": [ { "headers": [ { "name": "x-k", "contains": "-mid-" } ] } ] },
+        { "name": "regex", "cluster": "c-regex", "match": [ { "headers": [ { "name": "x-k", "regex": "^r[0-9]+$" } ] } ] },
+        { "name": "absent", "cluster": "c-absent", "match": [ { "headers": [ { "name": "x-need", "present": false }, { "name": "x-k", "exact": "absent" } ] } ] },
+        { "name": "present", "cluster": "c-present", "match": [ { "headers": [ { "name": "x-flag", "present": true } ] } ] },
+        { "name": "method", "cluster": "c-method", "match": [ { "path": { "prefix": "/v2/write" }, "method": ["POST", "PUT"] } ] },
+        { "name": "pathre", "cluster": "c-pathre", "match": [ { "path": { "regex": "^/v2/items/[0-9]+$" } } ] },
+        { "name": "cookie", "cluster": "c-cookie", "match": [ { "cookies": [ { "name": "lane", "suffix": "green" } ] } ] },
+        { "name": "query", "cluster": "c-query", "match": [ { "query": [ { "name": "q x", "contains": "é" } ] } ] },
+        { "name": "green", "cluster": "api-green", "bluegreen": "green" }
+      ]
+    },
+    { "name": "later", "hosts": ["api.example.com"], "path_prefix": "/", "default": "only",
+      "subsets": [ { "name": "only", "cluster": "later" } ] },
+    { "name": "anyhost", "path_prefix": "/any", "default": "only",
+      "subsets": [ { "name": "only", "cluster": "anyhost" } ] }
+  ]
+}"#;
+
+/// Weights at the ends of their range, and sticky keys of each kind.
+pub const WEIGHTS: &str = r#"{
+  "services": [
+    { "name": "all-in", "hosts": ["all.example.com"], "default": "old",
+      "subsets": [ { "name": "old", "cluster": "old", "weight": 40 }, { "name": "new", "cluster": "new", "weight": 100 } ] },
+    { "name": "none", "hosts": ["none.example.com"], "default": "old",
+      "subsets": [ { "name": "old", "cluster": "old" }, { "name": "new", "cluster": "new", "weight": 0 } ] },
+    { "name": "by-ip", "hosts": ["ip.example.com"], "default": "old", "sticky": { "source_ip": true },
+      "subsets": [ { "name": "old", "cluster": "old" }, { "name": "new", "cluster": "new", "weight": 50 } ] },
+    { "name": "by-cookie", "hosts": ["cookie.example.com"], "default": "old", "sticky": { "cookie": "uid" },
+      "subsets": [ { "name": "old", "cluster": "old" }, { "name": "new", "cluster": "new", "weight": 50 } ] }
+  ]
+}"#;
+
+pub struct Case {
+    pub name: &'static str,
+    pub rules: &'static str,
+    pub headers: &'static [(&'static [u8], &'static [u8])],
+    pub source_ip: Option<&'static [u8]>,
+    pub cluster: Option<&'static str>,
+    pub edits: &'static [&'static str],
+}
+
+const fn case(
+    name: &'static str,
+    rules: &'static str,
+    headers: &'static [(&'static [u8], &'static [u8])],
+    cluster: Option<&'static str>,
+    edits: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        rules,
+        headers,
+        source_ip: None,
+        cluster,
+        edits,
+    }
+}
+
+const B: (&[u8], &[u8]) = (b":authority", b"b.example.com");
+const GET: (&[u8], &[u8]) = (b":method", b"GET");
+const API: (&[u8], &[u8]) = (b":authority", b"api.example.com");
+
+pub const CASES: &[Case] = &[
+    // --- the contract's example ---
+    case(
+        "no rule claims it: default",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api/b/orders"), (b"userid", b"user-2")],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "header match, tag written",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api/b/orders"), (b"userid", b"123")],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "upper-case header name still matches",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api/b"), (b"UserID", b"123")],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "sticky user inside the 5% (bucket 104)",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api/b/x"), (b"userid", b"user-1")],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "company e-mail cookie, whole-cookie regex",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (
+                b"cookie",
+                b"sid=9;email=ann@some-company-name.com;theme=dark",
+            ),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "the contract's regex allows no space after ';': applied as written",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"sid=9; email=ann@some-company-name.com"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "Cookie headers are joined with '; ' before the whole-cookie regex",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"email=ann@some-company-name.com"),
+            (b"cookie", b"sid=9"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "other company's e-mail stays stable",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"email=bob@example.org"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "beta cookie in a second Cookie header",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"beta=1"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "cookie without '=' is a name with an empty value",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"beta; other=1"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "query parameter",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x?canary=true"),
+            (b"userid", b"user-2"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "percent-encoded query value",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x?canary=%74rue"),
+            (b"userid", b"user-2"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "repeated query key: any value may match",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b/x?canary=false&canary=true"),
+            (b"userid", b"user-2"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "query in the path is not part of the path prefix",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api?b"), (b"userid", b"123")],
+        None,
+        &[],
+    ),
+    case(
+        "host with a port",
+        CONTRACT,
+        &[
+            (b":authority", b"b.example.com:8443"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "host in capitals",
+        CONTRACT,
+        &[
+            (b":authority", b"B.Example.COM"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "wildcard host",
+        CONTRACT,
+        &[
+            (b":authority", b"eu.prod.b.example.com"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "look-alike host is not claimed",
+        CONTRACT,
+        &[
+            (b":authority", b"b.example.com.evil.net"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+        ],
+        None,
+        &[],
+    ),
+    case(
+        "label look-alike is not claimed by the wildcard",
+        CONTRACT,
+        &[
+            (b":authority", b"xb.example.com"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+        ],
+        None,
+        &[],
+    ),
+    case(
+        "other path is not the service",
+        CONTRACT,
+        &[B, GET, (b":path", b"/api/user/1"), (b"userid", b"123")],
+        None,
+        &[],
+    ),
+    case(
+        "tag selects the subset and is not written twice",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+            (b"x-gray-tag", b"canary"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary"],
+    ),
+    case(
+        "tag of the default subset's name selects the default",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+            (b"x-gray-tag", b"stable"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "a tag naming no subset is left for the services behind",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+            (b"x-gray-tag", b"gray"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "a foreign tag is replaced when this service picks a non-default subset",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+            (b"x-gray-tag", b"gray"),
+        ],
+        Some("bservice-canary"),
+        &["x-graylane-cluster=bservice-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "tag compared exactly: case matters",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+            (b"x-gray-tag", b"Canary"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "spoofed cluster header is removed, the plugin sets its own",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+            (b"x-graylane-cluster", b"bservice-canary"),
+        ],
+        Some("bservice-stable"),
+        &["-x-graylane-cluster", "x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "spoofed cluster headers removed even when no service claims the request",
+        CONTRACT,
+        &[
+            (b":authority", b"other.example.com"),
+            GET,
+            (b":path", b"/"),
+            (b"X-Graylane-Cluster", b"a"),
+            (b"x-graylane-cluster", b"b"),
+        ],
+        None,
+        &["-x-graylane-cluster"],
+    ),
+    case(
+        "empty sticky value counts as no key; empty header value matches nothing",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b""),
+            (b"x-gray-tag", b""),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "non-UTF-8 bytes in a cookie do not match a Unicode regex class",
+        CONTRACT,
+        &[
+            B,
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"user-2"),
+            (b"cookie", b"email=\xff\xfe@some-company-name.com"),
+        ],
+        Some("bservice-stable"),
+        &["x-graylane-cluster=bservice-stable"],
+    ),
+    case(
+        "non-UTF-8 authority is no host",
+        CONTRACT,
+        &[
+            (b":authority", b"b.example.com\xff"),
+            GET,
+            (b":path", b"/api/b"),
+            (b"userid", b"123"),
+        ],
+        None,
+        &[],
+    ),
+    // --- an edge gateway that does not trust tags ---
+    case(
+        "untrusted tag is stripped and not obeyed",
+        EDGE,
+        &[
+            (b":authority", b"shop"),
+            GET,
+            (b":path", b"/"),
+            (b"x-gray-tag", b"canary"),
+        ],
+        Some("shop-v1"),
+        &["-x-gray-tag", "x-graylane-cluster=shop-v1"],
+    ),
+    case(
+        "untrusted tag stripped, then the plugin writes its own",
+        EDGE,
+        &[
+            (b":authority", b"shop"),
+            GET,
+            (b":path", b"/"),
+            (b"x-gray-tag", b"canary"),
+            (b"x-tester", b""),
+        ],
+        Some("shop-v2"),
+        &[
+            "-x-gray-tag",
+            "x-graylane-cluster=shop-v2",
+            "x-gray-tag=canary",
+        ],
+    ),
+    case(
+        "spoofed cluster header and untrusted tag both dropped",
+        EDGE,
+        &[
+            GET,
+            (b":path", b"/"),
+            (b"x-gray-tag", b"canary"),
+            (b"x-graylane-cluster", b"shop-v2"),
+        ],
+        Some("shop-v1"),
+        &[
+            "-x-graylane-cluster",
+            "-x-gray-tag",
+            "x-graylane-cluster=shop-v1",
+        ],
+    ),
+    // --- every string-match kind, custom header names ---
+    case(
+        "custom cluster and tag header names, lower-cased",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"exact")],
+        Some("c-exact"),
+        &["x-route-to=c-exact", "x-lane=exact"],
+    ),
+    case(
+        "exact is whole-value",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"exactly")],
+        Some("api-blue"),
+        &["x-route-to=api-blue"],
+    ),
+    case(
+        "prefix",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"pre-1")],
+        Some("c-prefix"),
+        &["x-route-to=c-prefix", "x-lane=prefix"],
+    ),
+    case(
+        "suffix",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"1-suf")],
+        Some("c-suffix"),
+        &["x-route-to=c-suffix", "x-lane=suffix"],
+    ),
+    case(
+        "contains",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"a-mid-b")],
+        Some("c-contains"),
+        &["x-route-to=c-contains", "x-lane=contains"],
+    ),
+    case(
+        "regex, anchored",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"r42")],
+        Some("c-regex"),
+        &["x-route-to=c-regex", "x-lane=regex"],
+    ),
+    case(
+        "regex, anchored, no partial",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"r42x")],
+        Some("api-blue"),
+        &["x-route-to=api-blue"],
+    ),
+    case(
+        "repeated header: any value may match",
+        KINDS,
+        &[
+            API,
+            GET,
+            (b":path", b"/v2/x"),
+            (b"x-k", b"nothing"),
+            (b"X-K", b"r7"),
+        ],
+        Some("c-regex"),
+        &["x-route-to=c-regex", "x-lane=regex"],
+    ),
+    case(
+        "present:false holds when the header is absent",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-k", b"absent")],
+        Some("c-absent"),
+        &["x-route-to=c-absent", "x-lane=absent"],
+    ),
+    case(
+        "present:false fails when the header is there, even empty",
+        KINDS,
+        &[
+            API,
+            GET,
+            (b":path", b"/v2/x"),
+            (b"x-k", b"absent"),
+            (b"x-need", b""),
+        ],
+        Some("api-blue"),
+        &["x-route-to=api-blue"],
+    ),
+    case(
+        "present:true holds for an empty value",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x"), (b"x-flag", b"")],
+        Some("c-present"),
+        &["x-route-to=c-present", "x-lane=present"],
+    ),
+    case(
+        "method and path together",
+        KINDS,
+        &[API, (b":method", b"PUT"), (b":path", b"/v2/write/1")],
+        Some("c-method"),
+        &["x-route-to=c-method", "x-lane=method"],
+    ),
+    case(
+        "method must be one of the list",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/write/1")],
+        Some("api-blue"),
+        &["x-route-to=api-blue"],
+    ),
+    case(
+        "path regex ignores the query string",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/items/12?expand=1")],
+        Some("c-pathre"),
+        &["x-route-to=c-pathre", "x-lane=pathre"],
+    ),
+    case(
+        "cookie by name, suffix",
+        KINDS,
+        &[
+            API,
+            GET,
+            (b":path", b"/v2/x"),
+            (b"cookie", b"a=b;lane=blue-green ; c"),
+        ],
+        Some("c-cookie"),
+        &["x-route-to=c-cookie", "x-lane=cookie"],
+    ),
+    case(
+        "query name and value are form-decoded",
+        KINDS,
+        &[API, GET, (b":path", b"/v2/x?q+x=caf%C3%A9")],
+        Some("c-query"),
+        &["x-route-to=c-query", "x-lane=query"],
+    ),
+    case(
+        "path prefix of the first service does not fit: the next one claims it",
+        KINDS,
+        &[API, GET, (b":path", b"/v1/x"), (b"x-k", b"exact")],
+        Some("later"),
+        &["x-route-to=later"],
+    ),
+    case(
+        "service without hosts takes any host on its path",
+        KINDS,
+        &[
+            (b":authority", b"whatever.test:81"),
+            GET,
+            (b":path", b"/any/thing"),
+        ],
+        Some("anyhost"),
+        &["x-route-to=anyhost"],
+    ),
+    case(
+        "no authority at all: only host-less services",
+        KINDS,
+        &[GET, (b":path", b"/any")],
+        Some("anyhost"),
+        &["x-route-to=anyhost"],
+    ),
+    case(
+        "the plugin's own default header names are not special here",
+        KINDS,
+        &[
+            API,
+            GET,
+            (b":path", b"/v2/x"),
+            (b"x-graylane-cluster", b"c-exact"),
+            (b"x-route-to", b"c-regex"),
+        ],
+        Some("api-blue"),
+        &["-x-route-to", "x-route-to=api-blue"],
+    ),
+    // --- weights at the ends, sticky keys ---
+    case(
+        "weight 100 takes everything; the default's weight is ignored",
+        WEIGHTS,
+        &[(b":authority", b"all.example.com"), GET, (b":path", b"/")],
+        Some("new"),
+        &["x-graylane-cluster=new", "x-gray-tag=new"],
+    ),
+    case(
+        "weight 0 takes nothing",
+        WEIGHTS,
+        &[(b":authority", b"none.example.com"), GET, (b":path", b"/")],
+        Some("old"),
+        &["x-graylane-cluster=old"],
+    ),
+    case(
+        "sticky cookie (bucket 4716 of the 50%)",
+        WEIGHTS,
+        &[
+            (b":authority", b"cookie.example.com"),
+            GET,
+            (b":path", b"/"),
+            (b"cookie", b"uid=user-3"),
+        ],
+        Some("new"),
+        &["x-graylane-cluster=new", "x-gray-tag=new"],
+    ),
+    case(
+        "sticky cookie, other user",
+        WEIGHTS,
+        &[
+            (b":authority", b"cookie.example.com"),
+            GET,
+            (b":path", b"/"),
+            (b"cookie", b"uid=user-1"),
+        ],
+        Some("old"),
+        &["x-graylane-cluster=old"],
+    ),
+    Case {
+        name: "sticky source IP (bucket 22)",
+        rules: WEIGHTS,
+        headers: &[(b":authority", b"ip.example.com"), GET, (b":path", b"/")],
+        source_ip: Some(b"10.0.0.8"),
+        cluster: Some("new"),
+        edits: &["x-graylane-cluster=new", "x-gray-tag=new"],
+    },
+    Case {
+        name: "sticky source IP, other client",
+        rules: WEIGHTS,
+        headers: &[(b":authority", b"ip.example.com"), GET, (b":path", b"/")],
+        source_ip: Some(b"10.0.0.7"),
+        cluster: Some("old"),
+        edits: &["x-graylane-cluster=old"],
+    },
+];
+
+pub fn render(edit: &HeaderEdit<'_>) -> String {
+    match edit {
+        HeaderEdit::Remove(name) => format!("-{name}"),
+        HeaderEdit::Set(name, value) => format!("{name}={value}"),
+    }
+}
+
+/// Runs every case and returns the failures, described.
+pub fn failures() -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let rules = match graylane::config::compile(case.rules.as_bytes()) {
+            Ok(rules) => rules,
+            Err(errors) => {
+                failures.push(format!("{}: rules refused: {errors}", case.name));
+                continue;
+            }
+        };
+        let request = Request::new(case.headers).with_source_ip(case.source_ip);
+        let decision = decide(&rules, &request, &mut WeylSequence::new(7));
+        let edits: Vec<String> = decision.edits.iter().map(render).collect();
+        if decision.cluster != case.cluster || edits != case.edits {
+            failures.push(format!(
+                "{}: got cluster {:?} edits {:?}; want {:?} {:?}",
+                case.name, decision.cluster, edits, case.cluster, case.edits
+            ));
+        }
+    }
+    failures
+}
+
+/// Sticky buckets for a spread of keys, to compare the native and wasm
+/// builds bucket for bucket.
+pub fn bucket_fingerprint() -> (u64, Vec<u32>) {
+    let mut sum = 0u64;
+    let mut first = Vec::new();
+    for i in 0..20_000u32 {
+        let key = format!("user-{i}");
+        let bucket = graylane::split::sticky_bucket("bservice", key.as_bytes());
+        sum = sum.wrapping_mul(31).wrapping_add(u64::from(bucket));
+        if i < 8 {
+            first.push(bucket);
+        }
+    }
+    let mut sequence = WeylSequence::new(12345);
+    for _ in 0..20_000 {
+        sum = sum
+            .wrapping_mul(31)
+            .wrapping_add(u64::from(sequence.next_bucket()));
+    }
+    (sum, first)
+}
+
+pub const FINGERPRINT_SUM: u64 = 17_536_830_011_290_352_925;
+pub const FINGERPRINT_FIRST: [u32; 8] = [7067, 104, 9895, 5146, 9373, 1019, 1909, 5803];
