@@ -50,5 +50,5 @@ cargo clippy -q --lib --target wasm32-wasip1 --no-default-features -- -D warning
 step "native tests"
 cargo test
 
-step "the decision code as WebAssembly, under node"
-cargo test --target wasm32-unknown-unknown --no-default-features --test wasm_decision
+step "the decision code as WebAssembly (release profile, as shipped), under node"
+cargo test --release --target wasm32-unknown-unknown --no-default-features --test wasm_decision
