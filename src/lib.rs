@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod registry;
 pub mod request;
 pub mod rules;
 pub mod split;

@@ -5,6 +5,9 @@
 //!
 //! Edits read as: `-name` removes a header, `name=value` sets it.
 
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
 use graylane::decision::{decide, HeaderEdit};
 use graylane::request::Request;
 use graylane::split::WeylSequence;
