@@ -9,32 +9,25 @@ use wasm_bindgen_test::wasm_bindgen_test;
 
 #[wasm_bindgen_test]
 fn every_case_of_the_table_holds_in_wasm() {
-    let failures = table::failures();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        table::CASES.len(),
-        failures.join("\n")
-    );
+    table::assert_every_case_holds();
 }
 
 #[wasm_bindgen_test]
 fn buckets_equal_the_native_ones() {
-    let (sum, first) = table::bucket_fingerprint();
-    assert_eq!(
-        (sum, first),
-        (table::FINGERPRINT_SUM, table::FINGERPRINT_FIRST.to_vec())
-    );
+    table::assert_fingerprint_is_frozen();
 }
 
 #[wasm_bindgen_test]
 fn configuration_errors_are_the_same_in_wasm() {
-    let errors = graylane::config::compile(br#"{"services":[{"name":"b","default":"x","subsets":[{"name":"a","cluster":"c","weight":100.5}]}]}"#)
+    let document = br#"{"services":[{"name":"b","default":"x","subsets":[{"name":"a","cluster":"c","weight":100.5}]}]}"#;
+    let errors = graylane::config::compile(document)
         .err()
         .map(|e| e.to_string());
     assert_eq!(
         errors.as_deref(),
-        Some("services[0].subsets[0].weight: must be between 0 and 100 (percent), got 100.5; services[0].default: names no subset of this service: \"x\" (subsets: a)")
+        Some(
+            "services[0].subsets[0].weight: must be between 0 and 100 (percent), got 100.5; \
+             services[0].default: names no subset of this service: \"x\" (subsets: a)"
+        )
     );
 }

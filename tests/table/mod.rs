@@ -810,3 +810,22 @@ pub fn bucket_fingerprint() -> (u64, Vec<u32>) {
 
 pub const FINGERPRINT_SUM: u64 = 17_536_830_011_290_352_925;
 pub const FINGERPRINT_FIRST: [u32; 8] = [7067, 104, 9895, 5146, 9373, 1019, 1909, 5803];
+
+pub fn assert_every_case_holds() {
+    let failures = failures();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+/// The figures were taken natively and frozen; the wasm build must give them too.
+pub fn assert_fingerprint_is_frozen() {
+    assert_eq!(
+        bucket_fingerprint(),
+        (FINGERPRINT_SUM, FINGERPRINT_FIRST.to_vec())
+    );
+}
