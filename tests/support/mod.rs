@@ -379,9 +379,10 @@ pub struct EnvoyConfig {
     pub fallback_cluster: String,
     /// `failure_policy` of the wasm filter.
     pub failure_policy: String,
-    /// Put a `header_mutation` filter that removes the cluster header before
-    /// the plugin, as the shipped `filters/envoy/envoy.yaml` does.
-    pub guard_filter: bool,
+    /// Remove any client-sent cluster header before route selection and
+    /// before the plugin (an early header mutation of the connection
+    /// manager), as the shipped `filters/envoy/envoy.yaml` does.
+    pub guard_cluster_header: bool,
     /// A label for the scratch directory and log file names.
     pub label: String,
 }
@@ -400,7 +401,7 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             fallback_cluster: FALLBACK_CLUSTER.to_string(),
             failure_policy: "FAIL_RELOAD".to_string(),
-            guard_filter: false,
+            guard_cluster_header: false,
             label: label.to_string(),
         }
     }
@@ -413,16 +414,21 @@ impl EnvoyConfig {
     /// The bootstrap, as JSON (which Envoy reads as well as YAML).
     pub fn bootstrap(&self) -> Value {
         let loopback_port_0 = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
-        let mut http_filters = Vec::new();
-        if self.guard_filter {
-            http_filters.push(json!({
-                "name": "envoy.filters.http.header_mutation",
+        // The guard runs before route selection. (A header_mutation *HTTP
+        // filter* would not do: it selects the route, with the client's
+        // header in it, before it removes the header.)
+        let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
+            vec![json!({
+                "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                    "mutations": {"request_mutations": [{"remove": self.cluster_header}]}
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": [{"remove": self.cluster_header}]
                 }
-            }));
-        }
+            })]
+        } else {
+            Vec::new()
+        };
+        let mut http_filters = Vec::new();
         http_filters.push(json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -475,6 +481,7 @@ impl EnvoyConfig {
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "ingress",
+                            "early_header_mutation_extensions": early_header_mutations,
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
@@ -698,6 +705,61 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The outcome of `envoy --mode validate`.
+#[derive(Debug)]
+pub struct Validation {
+    pub status: ExitStatus,
+    /// Everything Envoy wrote (stdout and stderr).
+    pub log: String,
+}
+
+/// Runs `envoy --mode validate` on a bootstrap given as YAML or JSON text,
+/// after pointing every `filename: .../graylane.wasm` at [`wasm_path`].
+/// Envoy 1.40 loads the plugin in this mode and runs its configuration check,
+/// so a refused plugin document fails validation too.
+pub fn envoy_validate(label: &str, bootstrap: &str) -> Validation {
+    let dir = scratch_dir(label);
+    let config_path = dir.join("envoy.yaml");
+    fs::write(&config_path, with_test_wasm(bootstrap)).expect("cannot write the Envoy config");
+    let output = Command::new(envoy_bin())
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(&config_path)
+        .args(["-l", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", envoy_bin().display()));
+    let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&output.stderr));
+    let _ = fs::write(dir.join("envoy.log"), &log);
+    Validation {
+        status: output.status,
+        log,
+    }
+}
+
+/// `bootstrap` with the path of every `filename:` naming a `graylane.wasm`
+/// replaced by the one the tests built.
+pub fn with_test_wasm(bootstrap: &str) -> String {
+    let wasm = wasm_path().display().to_string();
+    bootstrap
+        .lines()
+        .map(|line| match line.find("filename:") {
+            Some(at) if line.contains("graylane.wasm") => {
+                let rest = &line[at + "filename:".len()..];
+                let start = at + "filename:".len() + (rest.len() - rest.trim_start().len());
+                let path_len = line[start..]
+                    .find(|c: char| c == '}' || c == ',' || c.is_whitespace())
+                    .unwrap_or(line.len() - start);
+                format!("{}{wasm}{}", &line[..start], &line[start + path_len..])
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One plugin document in a real Envoy: an echo backend for every cluster the
