@@ -403,6 +403,13 @@ fn gray_tag_is_honoured_written_and_passed_through() {
     assert_eq!(echo.backend, "m-h-exact");
     assert_eq!(echo.header_values("x-gray-tag"), ["h-exact"]);
 
+    // Nor does a tag that is not UTF-8; it too passes as it came.
+    let echo = client
+        .send(&m("/").header_bytes(b"x-gray-tag", b"\xffx"))
+        .echo();
+    assert_eq!(echo.backend, "m-stable");
+    assert_eq!(echo.header_values("x-gray-tag"), ["\u{fffd}x"]);
+
     // On a request no service claims, the tag passes untouched.
     let echo = client
         .send(
@@ -438,6 +445,7 @@ fn a_spoofed_cluster_header_is_never_obeyed() {
             &["m-gray"][..],
             &["m-gray", "m-h-exact"],
             &["fallback", "m-gray"],
+            &[""],
         ] {
             let sent = spoof(request.clone(), values);
             let echo = client.send(&sent).echo();

@@ -147,15 +147,19 @@ pub fn envoy_bin() -> &'static Path {
 }
 
 /// A fresh directory for one Envoy's files (config, log, admin address) under
-/// Cargo's per-test-target temporary directory. Kept after the test, so that a
-/// failure can be looked into.
+/// Cargo's per-test-target temporary directory (`target/tmp/envoy-<label>-<pid>-<n>`).
+/// Kept after the test, so that a failure can be looked into; those over an
+/// hour old are removed the first time a test process asks for one.
 fn scratch_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static CLEANED: OnceLock<()> = OnceLock::new();
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    CLEANED.get_or_init(|| remove_old_scratch(&base));
     let label: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let dir = base.join(format!(
         "envoy-{label}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -163,6 +167,24 @@ fn scratch_dir(label: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("cannot create the scratch directory");
     dir
+}
+
+/// Removes the `envoy-*` directories last touched over an hour ago.
+fn remove_old_scratch(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old && entry.file_name().to_string_lossy().starts_with("envoy-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
