@@ -34,7 +34,8 @@ cargo build --quiet --release --target wasm32-wasip1 --lib --no-default-features
 wasm="$repo/target/wasm32-wasip1/release/graylane.wasm"
 
 for port in "$listen_port" "$admin_port" 18181 18182 18183 18184 18185; do
-  if ! python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+  # SO_REUSEADDR as the servers use it: only a listener makes the port taken.
+  if ! python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()' "$port" 2>/dev/null; then
     echo "port $port on 127.0.0.1 is taken; stop what uses it (or set LISTEN_PORT/ADMIN_PORT)" >&2
     exit 1
   fi
@@ -56,7 +57,8 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "== starting the demo backends"
 python3 envoy-test/demo_backend.py shop-stable=18181 shop-canary=18182 \
@@ -87,4 +89,7 @@ if [ -z "$ready" ]; then
 fi
 
 echo "== requests"
-python3 envoy-test/demo_requests.py "127.0.0.1:$listen_port" "$split"
+# In the background, so that a signal to this script is handled at once.
+python3 envoy-test/demo_requests.py "127.0.0.1:$listen_port" "$split" &
+pids+=($!)
+wait "$!"

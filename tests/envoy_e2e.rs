@@ -43,6 +43,7 @@ fn assert_routes(gateway: &Gateway, cases: &[(&str, Request, &str)]) {
         cases.len(),
         failures.join("\n")
     );
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 /// One service per match kind under test, plus host and path-prefix services.
@@ -420,6 +421,7 @@ fn gray_tag_is_honoured_written_and_passed_through() {
         .echo();
     assert_eq!(echo.backend, FALLBACK_CLUSTER);
     assert_eq!(echo.header_values("x-gray-tag"), ["h-exact"]);
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -460,6 +462,7 @@ fn a_spoofed_cluster_header_is_never_obeyed() {
     }
     // A mixed-case name is the same header.
     assert_unclaimed_spoof_ignored(&mut client, "X-Graylane-Cluster");
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 /// A cluster header sent on a request no service claims: the fallback route
@@ -544,6 +547,7 @@ fn untrusted_tags_are_stripped_with_custom_header_names_behind_the_guard() {
         .send(&b().header("x-graylane-cluster", "b-canary"))
         .echo();
     assert_eq!(echo.backend, "b-stable");
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 /// Sends `total` requests built by `request(i)` over `connections` keep-alive
@@ -617,6 +621,17 @@ fn weighted_split_without_sticky_key_is_within_one_point() {
         };
         assert_eq!(echo.header("x-gray-tag"), expected, "{echo:?}");
     }
+    // Envoy counted the same split.
+    for (name, count) in &counts {
+        assert_eq!(
+            gateway
+                .envoy
+                .stat(&format!("cluster.{name}.upstream_rq_total")),
+            *count as u64,
+            "Envoy's count for {name}"
+        );
+    }
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 fn sticky_document(canary_weight: f64) -> Value {
@@ -742,6 +757,8 @@ fn sticky_split_keeps_users_and_raising_the_weight_only_moves_users_in() {
         );
         assert!(moved_in > 200, "{kind}: only {moved_in} users moved in");
     }
+    before.envoy.assert_no_wasm_errors();
+    after.envoy.assert_no_wasm_errors();
 }
 
 #[test]

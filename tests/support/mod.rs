@@ -708,6 +708,29 @@ impl Envoy {
         &self.dir
     }
 
+    /// The lines Envoy logged at error or critical level for the wasm
+    /// component: the plugin's own errors (a refused request, a host call
+    /// that failed) and VM failures. A test that expects none asserts this is
+    /// empty.
+    pub fn wasm_errors(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("][error][wasm]") || line.contains("][critical][wasm]"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Panics, listing them, when the plugin or its VM logged errors.
+    pub fn assert_no_wasm_errors(&self) {
+        let errors = self.wasm_errors();
+        assert!(
+            errors.is_empty(),
+            "Envoy logged wasm errors ({}):\n{}",
+            self.log_path.display(),
+            errors.join("\n")
+        );
+    }
+
     /// The value of one admin counter or gauge (from `/stats`), 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
         let response = self
