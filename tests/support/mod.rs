@@ -12,10 +12,17 @@
 //!   listing every header it received, in order, duplicates included.
 //! - [`EnvoyConfig`] and [`Envoy`]: a generated bootstrap (the plugin JSON
 //!   embedded, one static cluster per backend, the `cluster_header` route plus a
-//!   fallback route), Envoy started on ports it picks itself, ready when
-//!   `/ready` says so, killed on drop, its log kept in a file.
+//!   fallback route), Envoy (`--concurrency 2 --use-dynamic-base-id`) started
+//!   on ports it picks itself, ready when `/ready` says so and its listener
+//!   answers, killed on drop. [`Envoy::try_start`] hands back the exit status
+//!   and log of an Envoy that refused to start; [`Envoy::log`],
+//!   [`Envoy::wasm_errors`] and [`Envoy::stat`] let a test look inside one
+//!   that runs. Each Envoy's config and log stay in
+//!   `target/tmp/envoy-<label>-<pid>-<n>/` for an hour.
 //! - [`Gateway`]: all of the above from one plugin document: one echo
 //!   backend per cluster the document names, one for the fallback route.
+//! - [`envoy_validate`]: `envoy --mode validate` on a bootstrap, the wasm path
+//!   pointed at the test build.
 //! - [`Client`], [`Request`], [`Response`]: a small HTTP/1.1 client over one
 //!   keep-alive connection that sends exactly the bytes asked for (repeated
 //!   headers, header values that are not UTF-8).
@@ -23,11 +30,12 @@
 //! Typical use:
 //!
 //! ```ignore
-//! let gateway = Gateway::start(&json!({ "services": [...] }));
+//! let gateway = Gateway::start("my-test", &json!({ "services": [...] }));
 //! let mut client = gateway.client();
 //! let response = client.send(&Request::get("/").host("b.example.com").header("userid", "123"));
 //! assert_eq!(response.backend(), "bservice-canary");
 //! assert_eq!(response.echo().header("x-gray-tag"), Some("canary"));
+//! gateway.envoy.assert_no_wasm_errors();
 //! ```
 //!
 //! Each test binary compiles this module on its own and uses part of it.
