@@ -839,3 +839,77 @@ fn a_refused_configuration_stops_envoy_and_names_the_field() {
         }
     });
 }
+
+/// What Envoy does with requests once the plugin's VM has crashed, shown with
+/// a stand-in plugin that traps on demand (tests/fixtures/crash-plugin). The
+/// shipped FAIL_RELOAD must never forward a request unrouted, so a client's
+/// own cluster header is never obeyed, and must route again after reloading;
+/// FAIL_OPEN, for contrast, forwards it where the client asked.
+#[test]
+fn after_a_vm_crash_fail_reload_refuses_then_recovers_where_fail_open_obeys_the_client() {
+    let document =
+        json!({"services": [{"subsets": [{"cluster": "stable"}, {"cluster": "canary"}]}]});
+    let start = |policy: &str| {
+        let (mut config, backends) = Gateway::prepare(policy, &document.to_string());
+        config.wasm = crash_plugin_wasm_path().to_path_buf();
+        config.failure_policy = policy.to_string();
+        Gateway {
+            envoy: Envoy::start(&config),
+            backends,
+        }
+    };
+    let spoofed = || Request::get("/").header("x-graylane-cluster", "canary");
+    let crash = || spoofed().header("x-crash", "1");
+    let outcome = |response: Response| match response.header("x-echo-backend") {
+        Some(backend) => backend,
+        None => format!("status {}", response.status),
+    };
+
+    let (reload, open) = thread::scope(|scope| {
+        let reload = scope.spawn(|| start("FAIL_RELOAD"));
+        let open = scope.spawn(|| start("FAIL_OPEN"));
+        (reload.join().unwrap(), open.join().unwrap())
+    });
+
+    // FAIL_RELOAD.
+    assert_eq!(outcome(reload.send(&spoofed())), "stable");
+    // Crash the VMs: eight connections reach both workers but once in 128.
+    for _ in 0..8 {
+        assert_eq!(outcome(reload.send(&crash())), "status 503");
+    }
+    assert!(
+        !reload.envoy.wasm_errors().is_empty(),
+        "no VM failure logged"
+    );
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let outcomes: Vec<String> = (0..8).map(|_| outcome(reload.send(&spoofed()))).collect();
+        for outcome in &outcomes {
+            assert!(
+                outcome == "stable" || outcome == "status 503",
+                "after a crash, FAIL_RELOAD answered {outcome}"
+            );
+        }
+        refused += outcomes.iter().filter(|o| *o == "status 503").count();
+        if outcomes.iter().all(|o| o == "stable") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "FAIL_RELOAD did not recover: {outcomes:?}"
+        );
+        thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(refused > 0, "no request was refused while the VM reloaded");
+
+    // FAIL_OPEN, for contrast: once its VM has failed, the client's header wins.
+    assert_eq!(outcome(open.send(&spoofed())), "stable");
+    let obeyed = (0..8)
+        .map(|_| {
+            let _ = open.send(&crash());
+            outcome(open.send(&spoofed()))
+        })
+        .any(|outcome| outcome == "canary");
+    assert!(obeyed, "FAIL_OPEN no longer forwards unrouted requests after a crash; revisit the failure policy note");
+}

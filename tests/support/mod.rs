@@ -97,30 +97,49 @@ pub fn wasm_path() -> &'static Path {
             );
             return path;
         }
-        let target_dir = repo_root().join("target").join("wasm-for-tests");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--lib",
-                "--no-default-features",
-            ])
-            .output()
-            .expect("cannot run cargo to build the plugin");
-        assert!(
-            output.status.success(),
-            "building the plugin failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = target_dir.join("wasm32-wasip1/release/graylane.wasm");
-        assert!(path.is_file(), "cargo built no {}", path.display());
-        path
+        build_wasm(
+            &repo_root(),
+            &["--lib", "--no-default-features"],
+            "graylane",
+        )
     })
+}
+
+/// `tests/fixtures/crash-plugin`: a stand-in plugin that routes every request
+/// to the cluster `stable` and traps when a request carries `x-crash`, to see
+/// what Envoy does after a VM failure.
+pub fn crash_plugin_wasm_path() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        build_wasm(
+            &repo_root().join("tests/fixtures/crash-plugin"),
+            &[],
+            "crash_plugin",
+        )
+    })
+}
+
+/// Builds the package at `manifest_dir` for wasm32-wasip1 in release mode
+/// into `target/wasm-for-tests`; returns the path of `<artifact>.wasm`.
+fn build_wasm(manifest_dir: &Path, extra_args: &[&str], artifact: &str) -> PathBuf {
+    let target_dir = repo_root().join("target").join("wasm-for-tests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(manifest_dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["build", "--release", "--target", "wasm32-wasip1"])
+        .args(extra_args)
+        .output()
+        .expect("cannot run cargo to build a plugin");
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = target_dir.join(format!("wasm32-wasip1/release/{artifact}.wasm"));
+    assert!(path.is_file(), "cargo built no {}", path.display());
+    path
 }
 
 /// The Envoy binary: `ENVOY_BIN`, else `.tools/venv/bin/envoy` under the
@@ -407,8 +426,10 @@ pub struct EnvoyConfig {
     /// Where requests go that carry no cluster header (no service claimed
     /// them); a cluster of that name must be among `clusters`.
     pub fallback_cluster: String,
-    /// `failure_policy` of the wasm filter.
+    /// `failure_policy` of the wasm filter (`FAIL_RELOAD`, as shipped).
     pub failure_policy: String,
+    /// The `.wasm` to load ([`wasm_path`] unless a test says otherwise).
+    pub wasm: PathBuf,
     /// Remove any client-sent cluster header before route selection and
     /// before the plugin (an early header mutation of the connection
     /// manager), as the shipped `filters/envoy/envoy.yaml` does.
@@ -431,6 +452,7 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             fallback_cluster: FALLBACK_CLUSTER.to_string(),
             failure_policy: "FAIL_RELOAD".to_string(),
+            wasm: wasm_path().to_path_buf(),
             guard_cluster_header: false,
             label: label.to_string(),
         }
@@ -473,7 +495,7 @@ impl EnvoyConfig {
                     },
                     "vm_config": {
                         "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm_path()}},
+                        "code": {"local": {"filename": self.wasm}},
                     },
                 },
             },
