@@ -1,0 +1,248 @@
+//! A request described by hand (command-line flags or one JSON object per
+//! line), turned into the header pairs a gateway hands the plugin.
+//!
+//! [`RequestSpec::header_pairs`] is the one place that construction happens,
+//! so that `explain`, `simulate`, the native tests and the end-to-end harness
+//! (which sends the same descriptions through a real Envoy) agree on what a
+//! description means.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::decision::{decide, Decision};
+use crate::request::{HeaderPair, Request};
+use crate::rules::Rules;
+use crate::split::WeylSequence;
+
+/// One request. Every field is optional: the host defaults to none (only
+/// services without `hosts` can claim the request), the path to `/`, the
+/// method to `GET`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path and query, as sent: `/api/b/list?canary=true`.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Header name → value, or a list of values for a repeated header.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+    /// Cookie name → value; all cookies go into one `cookie` header.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(value) => std::slice::from_ref(value),
+            OneOrMany::Many(values) => values,
+        }
+    }
+}
+
+/// Owned header pairs; borrow them with [`borrow_pairs`] to build a
+/// [`Request`].
+pub type OwnedPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl RequestSpec {
+    /// Parses one line of a requests file. The field `expect` and fields
+    /// starting with `_` are left out, so that a table of requests with their
+    /// expected outcomes can be replayed as it is.
+    pub fn from_json_line(line: &str) -> Result<RequestSpec, String> {
+        let mut value: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if let Value::Object(object) = &mut value {
+            object.retain(|key, _| key != "expect" && !key.starts_with('_'));
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
+    /// Adds a header given as `name: value`.
+    pub fn add_header_line(&mut self, line: &str) -> Result<(), String> {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{line:?}: a header is written 'name: value'"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("{line:?}: the header name is empty"));
+        }
+        let value = value.trim().to_string();
+        let slot = self
+            .headers
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| OneOrMany::Many(Vec::new()));
+        match slot {
+            OneOrMany::One(first) => *slot = OneOrMany::Many(vec![first.clone(), value]),
+            OneOrMany::Many(values) => values.push(value),
+        }
+        Ok(())
+    }
+
+    /// Adds a cookie given as `name=value`.
+    pub fn add_cookie(&mut self, pair: &str) -> Result<(), String> {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: a cookie is written 'name=value'"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("{pair:?}: the cookie name is empty"));
+        }
+        self.cookies
+            .insert(name.to_string(), value.trim().to_string());
+        Ok(())
+    }
+
+    pub fn path_or_root(&self) -> &str {
+        self.path.as_deref().unwrap_or("/")
+    }
+
+    pub fn method_or_get(&self) -> &str {
+        self.method.as_deref().unwrap_or("GET")
+    }
+
+    /// The request headers as Envoy hands them to the plugin: the pseudo
+    /// headers `:authority`, `:path`, `:method` and `:scheme` first, then the
+    /// headers with lower-case names (Envoy lower-cases them), then one
+    /// `cookie` header carrying every cookie.
+    pub fn header_pairs(&self) -> OwnedPairs {
+        let mut pairs: OwnedPairs = Vec::new();
+        let mut push = |name: &str, value: &str| {
+            pairs.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        };
+        if let Some(host) = &self.host {
+            push(":authority", host);
+        }
+        push(":path", self.path_or_root());
+        push(":method", &self.method_or_get().to_ascii_uppercase());
+        push(":scheme", "http");
+        for (name, values) in &self.headers {
+            for value in values.values() {
+                push(&name.to_ascii_lowercase(), value);
+            }
+        }
+        if !self.cookies.is_empty() {
+            let cookie = self
+                .cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            push("cookie", &cookie);
+        }
+        pairs
+    }
+
+    /// A short line naming the request, for reports.
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "{} {}{}",
+            self.method_or_get().to_ascii_uppercase(),
+            self.host.as_deref().unwrap_or("(no host)"),
+            self.path_or_root()
+        );
+        for (name, values) in &self.headers {
+            for value in values.values() {
+                text.push_str(&format!(" [{name}: {value}]"));
+            }
+        }
+        for (name, value) in &self.cookies {
+            text.push_str(&format!(" [cookie {name}={value}]"));
+        }
+        if let Some(ip) = &self.source_ip {
+            text.push_str(&format!(" [from {ip}]"));
+        }
+        text
+    }
+}
+
+pub fn borrow_pairs(owned: &[(Vec<u8>, Vec<u8>)]) -> Vec<HeaderPair<'_>> {
+    owned
+        .iter()
+        .map(|(name, value)| (name.as_slice(), value.as_slice()))
+        .collect()
+}
+
+/// Decides a described request with the plugin's own [`decide`].
+pub fn decide_spec<'r>(
+    rules: &'r Rules,
+    spec: &RequestSpec,
+    sequence: &mut WeylSequence,
+) -> Decision<'r> {
+    let owned = spec.header_pairs();
+    let pairs = borrow_pairs(&owned);
+    let request = Request::new(&pairs).with_source_ip(spec.source_ip.as_deref().map(str::as_bytes));
+    decide(rules, &request, sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_from_a_description() {
+        let mut spec = RequestSpec {
+            host: Some("B.example.com".into()),
+            path: Some("/api/b?x=1".into()),
+            method: Some("post".into()),
+            ..RequestSpec::default()
+        };
+        spec.add_header_line("UserID: 123").unwrap();
+        spec.add_header_line("userid: 456").unwrap();
+        spec.add_cookie("beta=1").unwrap();
+        spec.add_cookie("a = b").unwrap();
+        assert!(spec.add_header_line("no colon").is_err());
+        assert!(spec.add_cookie("=1").is_err());
+        let pairs = spec.header_pairs();
+        let text: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8(n.clone()).unwrap(),
+                    String::from_utf8(v.clone()).unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            (":authority", "B.example.com"),
+            (":path", "/api/b?x=1"),
+            (":method", "POST"),
+            (":scheme", "http"),
+            ("userid", "123"),
+            ("userid", "456"),
+            ("cookie", "a=b; beta=1"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn json_lines_skip_expectations_and_refuse_typos() {
+        let spec = RequestSpec::from_json_line(
+            r#"{"host":"a","headers":{"x":["1","2"]},"cookies":{"c":"d"},"expect":{"subset":"s"},"_note":"n"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.host.as_deref(), Some("a"));
+        assert_eq!(
+            spec.headers.get("x"),
+            Some(&OneOrMany::Many(vec!["1".into(), "2".into()]))
+        );
+        let typo = RequestSpec::from_json_line(r#"{"cookie":{"c":"d"}}"#).unwrap_err();
+        assert!(typo.contains("unknown field `cookie`"), "{typo}");
+    }
+}
