@@ -7,7 +7,7 @@ use crate::request::Request;
 use crate::rules::{MatchEntry, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use crate::split::{WeylSequence, BUCKETS};
 
-use super::request::{borrow_pairs, decide_spec, RequestSpec};
+use super::request::{borrow_pairs, decide_spec, drawn_from_sequence, RequestSpec};
 
 /// Who owns which buckets of a service: the weighted ranges and, filling the
 /// gaps, the default subset. `(first, last inclusive, subset index)` in
@@ -155,14 +155,7 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     line("service", &format!("{} ({service_path})", service.name));
 
     let reason_lines = reasons(rules, service, &service_path, &decision, &request);
-    let drawn = matches!(
-        decision.reason,
-        Reason::Weight { sticky: false, .. }
-            | Reason::Default {
-                bucket: Some(_),
-                sticky: false
-            }
-    );
+    let drawn = drawn_from_sequence(&decision);
     if drawn {
         let outcomes = outcomes(rules, service, spec);
         line(

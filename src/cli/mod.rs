@@ -74,6 +74,9 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         request: RequestArgs,
+        /// Print the decision as one JSON object (the `expect` form of a requests file)
+        #[arg(long)]
+        json: bool,
     },
     /// Replay many requests and print the split per service and subset
     #[command(
@@ -217,7 +220,11 @@ where
     };
     let outcome = match cli.command {
         Command::Check { file, quiet } => check(&file, quiet),
-        Command::Explain { file, request } => explain(&file, &request),
+        Command::Explain {
+            file,
+            request,
+            json,
+        } => explain(&file, &request, json),
         Command::Simulate(args) => simulate(&args),
         Command::Envoy(args) => envoy(&args),
     };
@@ -287,7 +294,15 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
                     text.push_str(&format!(" {}", explain::percent(*share)));
                 }
                 if !subset.matches.is_empty() {
-                    text.push_str(&format!(", {} match entries", subset.matches.len()));
+                    text.push_str(&format!(
+                        ", {} match {}",
+                        subset.matches.len(),
+                        if subset.matches.len() == 1 {
+                            "entry"
+                        } else {
+                            "entries"
+                        }
+                    ));
                 }
                 text
             })
@@ -297,9 +312,20 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
     Ok(out)
 }
 
-fn explain(file: &Path, request: &RequestArgs) -> Result<String, Failure> {
+fn explain(file: &Path, request: &RequestArgs, json: bool) -> Result<String, Failure> {
     let spec = request.spec().map_err(usage)?;
     let document = document::load(file)?;
+    if json {
+        let decision = request::decide_spec(
+            &document.rules,
+            &spec,
+            &mut crate::split::WeylSequence::new(0),
+        );
+        return Ok(format!(
+            "{}\n",
+            request::outcome_json(&document.rules, &spec, &decision)
+        ));
+    }
     Ok(explain::explain(&document.rules, &spec))
 }
 

@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::decision::{decide, Decision};
+use crate::decision::{decide, Decision, HeaderEdit, Reason};
 use crate::request::{HeaderPair, Request};
 use crate::rules::Rules;
 use crate::split::WeylSequence;
@@ -73,14 +73,7 @@ impl RequestSpec {
 
     /// Adds a header given as `name: value`.
     pub fn add_header_line(&mut self, line: &str) -> Result<(), String> {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("{line:?}: a header is written 'name: value'"))?;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(format!("{line:?}: the header name is empty"));
-        }
-        let value = value.trim().to_string();
+        let (name, value) = split_named(line, ':', "a header is written 'name: value'")?;
         let slot = self
             .headers
             .entry(name.to_ascii_lowercase())
@@ -94,15 +87,8 @@ impl RequestSpec {
 
     /// Adds a cookie given as `name=value`.
     pub fn add_cookie(&mut self, pair: &str) -> Result<(), String> {
-        let (name, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{pair:?}: a cookie is written 'name=value'"))?;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(format!("{pair:?}: the cookie name is empty"));
-        }
-        self.cookies
-            .insert(name.to_string(), value.trim().to_string());
+        let (name, value) = split_named(pair, '=', "a cookie is written 'name=value'")?;
+        self.cookies.insert(name.to_string(), value);
         Ok(())
     }
 
@@ -167,6 +153,110 @@ impl RequestSpec {
         }
         text
     }
+}
+
+/// `name<separator>value`, both trimmed; the name must not be empty.
+fn split_named<'t>(
+    text: &'t str,
+    separator: char,
+    form: &str,
+) -> Result<(&'t str, String), String> {
+    match text.split_once(separator) {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim(), value.trim().to_string()))
+        }
+        _ => Err(format!("{text:?}: {form}")),
+    }
+}
+
+/// Whether the decision drew its bucket from the per-worker sequence (a
+/// weighted split without a sticky key): then the same request may get
+/// another subset next time.
+pub fn drawn_from_sequence(decision: &Decision<'_>) -> bool {
+    matches!(
+        decision.reason,
+        Reason::Weight { sticky: false, .. }
+            | Reason::Default {
+                bucket: Some(_),
+                sticky: false
+            }
+    )
+}
+
+/// The decision as JSON, in the form of the `expect` objects of
+/// `tests/data/requests.jsonl`: `service`, `subset`, `cluster` (null when no
+/// service claims the request), `reason` (`tag`, `match`, `weight`,
+/// `default` or `none`), `entry` for a match, `bucket` and `sticky` when a
+/// weight split was drawn, `edits` as the plugin applies them
+/// (`["remove", name]`, `["set", name, value]`), and `upstream_tag`: the tag
+/// header the upstream receives after the edits.
+pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) -> Value {
+    let service = decision.service(rules);
+    let subset = service
+        .zip(decision.subset)
+        .and_then(|(s, i)| s.subsets.get(i));
+    let mut outcome = serde_json::Map::new();
+    outcome.insert("service".into(), json!(service.map(|s| s.name.as_str())));
+    outcome.insert("subset".into(), json!(subset.map(|s| s.name.as_str())));
+    outcome.insert("cluster".into(), json!(decision.cluster));
+    let reason = match &decision.reason {
+        Reason::NoService => "none",
+        Reason::Tag => "tag",
+        Reason::Match { entry } => {
+            outcome.insert("entry".into(), json!(entry));
+            "match"
+        }
+        Reason::Weight { bucket, sticky }
+        | Reason::Default {
+            bucket: Some(bucket),
+            sticky,
+        } => {
+            outcome.insert("bucket".into(), json!(bucket));
+            outcome.insert("sticky".into(), json!(sticky));
+            if matches!(decision.reason, Reason::Weight { .. }) {
+                "weight"
+            } else {
+                "default"
+            }
+        }
+        Reason::Default { bucket: None, .. } => "default",
+    };
+    outcome.insert("reason".into(), json!(reason));
+    let edits: Vec<Value> = decision
+        .edits
+        .iter()
+        .map(|edit| match edit {
+            HeaderEdit::Remove(name) => json!(["remove", name]),
+            HeaderEdit::Set(name, value) => json!(["set", name, value]),
+        })
+        .collect();
+    outcome.insert("edits".into(), Value::Array(edits));
+    outcome.insert(
+        "upstream_tag".into(),
+        json!(upstream_header(spec, decision, &rules.tag_header)),
+    );
+    Value::Object(outcome)
+}
+
+/// The first value of a header after the decision's edits are applied.
+pub fn upstream_header(
+    spec: &RequestSpec,
+    decision: &Decision<'_>,
+    lower_name: &str,
+) -> Option<String> {
+    let mut value = spec
+        .header_pairs()
+        .into_iter()
+        .find(|(name, _)| name.as_slice() == lower_name.as_bytes())
+        .map(|(_, value)| String::from_utf8_lossy(&value).into_owned());
+    for edit in &decision.edits {
+        match edit {
+            HeaderEdit::Remove(name) if *name == lower_name => value = None,
+            HeaderEdit::Set(name, new) if *name == lower_name => value = Some(new.to_string()),
+            _ => {}
+        }
+    }
+    value
 }
 
 pub fn borrow_pairs(owned: &[(Vec<u8>, Vec<u8>)]) -> Vec<HeaderPair<'_>> {

@@ -6,11 +6,10 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::decision::Reason;
 use crate::rules::{Rules, StickyKey};
 use crate::split::WeylSequence;
 
-use super::request::{decide_spec, OneOrMany, RequestSpec};
+use super::request::{decide_spec, drawn_from_sequence, OneOrMany, RequestSpec};
 
 /// Where a population of requests comes from.
 #[derive(Debug, Clone)]
@@ -97,14 +96,7 @@ fn with_user(base: &RequestSpec, key: &StickyKey, user: usize) -> RequestSpec {
 /// Where one request went: `service/subset`, or `(no service)`.
 fn label(rules: &Rules, spec: &RequestSpec, sequence: &mut WeylSequence) -> (String, bool) {
     let decision = decide_spec(rules, spec, sequence);
-    let drawn_unsticky = matches!(
-        decision.reason,
-        Reason::Weight { sticky: false, .. }
-            | Reason::Default {
-                bucket: Some(_),
-                sticky: false
-            }
-    );
+    let drawn_unsticky = drawn_from_sequence(&decision);
     let name = match (decision.service(rules), decision.subset) {
         (Some(service), Some(subset)) => format!(
             "{}/{}",
