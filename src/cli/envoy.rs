@@ -1,6 +1,6 @@
 //! `graylane envoy`: a ready Envoy configuration for a rule document.
 
-use serde_json::{json, Value};
+use serde_norway::{Mapping, Value as Yaml};
 
 use super::document::Document;
 
@@ -37,93 +37,177 @@ pub fn cluster_names(document: &Document, fallback: &str) -> Vec<String> {
     names
 }
 
-pub fn config(document: &Document, options: &EnvoyOptions) -> Value {
+/// A YAML mapping that keeps the order given, so the output reads as a
+/// person would write it (`name` first).
+fn map<const N: usize>(pairs: [(&str, Yaml); N]) -> Yaml {
+    let mut mapping = Mapping::new();
+    for (key, value) in pairs {
+        mapping.insert(Yaml::from(key), value);
+    }
+    Yaml::Mapping(mapping)
+}
+
+fn text(value: &str) -> Yaml {
+    Yaml::from(value)
+}
+
+fn typed(type_url: &str) -> (&'static str, Yaml) {
+    ("@type", text(&format!("type.googleapis.com/{type_url}")))
+}
+
+fn socket_address(address: &str, port: u32) -> Yaml {
+    map([(
+        "socket_address",
+        map([("address", text(address)), ("port_value", Yaml::from(port))]),
+    )])
+}
+
+pub fn config(document: &Document, options: &EnvoyOptions) -> Yaml {
     let cluster_header = document.rules.cluster_header.as_str();
-    let clusters: Vec<Value> = cluster_names(document, &options.fallback_cluster)
+    let clusters: Vec<Yaml> = cluster_names(document, &options.fallback_cluster)
         .iter()
         .enumerate()
         .map(|(position, name)| {
             let port = u32::from(options.upstream_port_base).saturating_add(position as u32);
-            json!({
-                "name": name,
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": name,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": options.upstream_address,
-                        "port_value": port,
-                    }}}}]}],
-                },
-            })
+            let endpoint = map([(
+                "endpoint",
+                map([("address", socket_address(&options.upstream_address, port))]),
+            )]);
+            map([
+                ("name", text(name)),
+                ("type", text("STATIC")),
+                ("connect_timeout", text("1s")),
+                (
+                    "load_assignment",
+                    map([
+                        ("cluster_name", text(name)),
+                        (
+                            "endpoints",
+                            Yaml::Sequence(vec![map([(
+                                "lb_endpoints",
+                                Yaml::Sequence(vec![endpoint]),
+                            )])]),
+                        ),
+                    ]),
+                ),
+            ])
         })
         .collect();
-    let wasm_filter = json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "graylane",
-                "root_id": "graylane",
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": document.json(),
-                },
-                "vm_config": {
-                    "vm_id": "graylane",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": options.wasm}},
-                },
-            },
-        },
-    });
-    let manager = json!({
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "graylane",
-            "route_config": {
-                "name": "graylane",
-                "virtual_hosts": [{
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [
-                        {
-                            "name": "graylane-chosen-cluster",
-                            "match": {"prefix": "/", "headers": [{"name": cluster_header, "present_match": true}]},
-                            "route": {"cluster_header": cluster_header},
-                        },
-                        {
-                            "name": "graylane-fallback",
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": options.fallback_cluster},
-                        },
-                    ],
-                }],
-            },
-            "http_filters": [
-                wasm_filter,
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                },
-            ],
-        },
-    });
-    let mut config = json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "graylane",
-                "address": {"socket_address": {"address": options.listen_address, "port_value": options.port}},
-                "filter_chains": [{"filters": [manager]}],
-            }],
-            "clusters": clusters,
-        },
-    });
-    if let (Some(port), Value::Object(object)) = (options.admin_port, &mut config) {
-        object.insert(
-            "admin".into(),
-            json!({"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}),
+    let wasm_filter = map([
+        ("name", text("envoy.filters.http.wasm")),
+        (
+            "typed_config",
+            map([
+                typed("envoy.extensions.filters.http.wasm.v3.Wasm"),
+                (
+                    "config",
+                    map([
+                        ("name", text("graylane")),
+                        ("root_id", text("graylane")),
+                        (
+                            "configuration",
+                            map([
+                                typed("google.protobuf.StringValue"),
+                                ("value", text(&document.json())),
+                            ]),
+                        ),
+                        (
+                            "vm_config",
+                            map([
+                                ("vm_id", text("graylane")),
+                                ("runtime", text("envoy.wasm.runtime.v8")),
+                                (
+                                    "code",
+                                    map([("local", map([("filename", text(&options.wasm))]))]),
+                                ),
+                            ]),
+                        ),
+                    ]),
+                ),
+            ]),
+        ),
+    ]);
+    let chosen_route = map([
+        ("name", text("graylane-chosen-cluster")),
+        (
+            "match",
+            map([
+                ("prefix", text("/")),
+                (
+                    "headers",
+                    Yaml::Sequence(vec![map([
+                        ("name", text(cluster_header)),
+                        ("present_match", Yaml::from(true)),
+                    ])]),
+                ),
+            ]),
+        ),
+        ("route", map([("cluster_header", text(cluster_header))])),
+    ]);
+    let fallback_route = map([
+        ("name", text("graylane-fallback")),
+        ("match", map([("prefix", text("/"))])),
+        ("route", map([("cluster", text(&options.fallback_cluster))])),
+    ]);
+    let manager = map([
+        ("name", text("envoy.filters.network.http_connection_manager")),
+        (
+            "typed_config",
+            map([
+                typed("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+                ("stat_prefix", text("graylane")),
+                (
+                    "route_config",
+                    map([
+                        ("name", text("graylane")),
+                        (
+                            "virtual_hosts",
+                            Yaml::Sequence(vec![map([
+                                ("name", text("all")),
+                                ("domains", Yaml::Sequence(vec![text("*")])),
+                                ("routes", Yaml::Sequence(vec![chosen_route, fallback_route])),
+                            ])]),
+                        ),
+                    ]),
+                ),
+                (
+                    "http_filters",
+                    Yaml::Sequence(vec![
+                        wasm_filter,
+                        map([
+                            ("name", text("envoy.filters.http.router")),
+                            (
+                                "typed_config",
+                                map([typed("envoy.extensions.filters.http.router.v3.Router")]),
+                            ),
+                        ]),
+                    ]),
+                ),
+            ]),
+        ),
+    ]);
+    let listener = map([
+        ("name", text("graylane")),
+        (
+            "address",
+            socket_address(&options.listen_address, u32::from(options.port)),
+        ),
+        (
+            "filter_chains",
+            Yaml::Sequence(vec![map([("filters", Yaml::Sequence(vec![manager]))])]),
+        ),
+    ]);
+    let mut config = map([(
+        "static_resources",
+        map([
+            ("listeners", Yaml::Sequence(vec![listener])),
+            ("clusters", Yaml::Sequence(clusters)),
+        ]),
+    )]);
+    if let (Some(port), Yaml::Mapping(top)) = (options.admin_port, &mut config) {
+        top.insert(
+            text("admin"),
+            map([("address", socket_address("127.0.0.1", u32::from(port)))]),
         );
     }
     config
