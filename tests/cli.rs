@@ -14,7 +14,7 @@ use std::process::Command;
 use graylane::cli::document;
 use graylane::cli::request::{borrow_pairs, decide_spec, outcome_json, RequestSpec};
 use graylane::decision::decide;
-use graylane::request::{parse_header_map, serialise_header_map, Request};
+use graylane::request::{ip_of_socket_address, parse_header_map, serialise_header_map, Request};
 use graylane::split::WeylSequence;
 use serde_json::Value;
 
@@ -416,6 +416,26 @@ fn explain_json_is_the_expect_form() {
     assert_eq!(outcome["reason"], "weight");
     assert_eq!(outcome["bucket"], 338);
     assert_eq!(outcome["sticky"], true);
+
+    // A source address with a port is the same sticky key as the bare IP,
+    // as the plugin reduces Envoy's `source.address`.
+    let bucket = |address: &str| {
+        let run = graylane(&[
+            "explain",
+            "tests/data/rules.json",
+            "--json",
+            "--host",
+            "edge.example.com",
+            "--source-ip",
+            address,
+        ]);
+        let outcome: Value = serde_json::from_str(&run.stdout).unwrap();
+        outcome["bucket"].clone()
+    };
+    assert_eq!(bucket("127.0.0.3"), 6358);
+    assert_eq!(bucket("127.0.0.3:5555"), 6358);
+    assert_eq!(bucket("[::1]:443"), bucket("::1"));
+    assert_ne!(bucket("127.0.0.2"), bucket("127.0.0.3"));
 }
 
 fn simulate_json(args: &[&str]) -> Value {
@@ -647,8 +667,13 @@ fn the_cli_request_construction_decides_as_the_plugin_path_does() {
         let buffer = serialise_header_map(&borrow_pairs(&owned)).unwrap();
         let pairs = parse_header_map(&buffer).expect("a well-formed map");
         assert_eq!(pairs, borrow_pairs(&owned));
-        let request =
-            Request::new(&pairs).with_source_ip(spec.source_ip.as_deref().map(str::as_bytes));
+        // Envoy reports `source.address` with the client's port.
+        let source_address = spec.source_ip.as_ref().map(|ip| format!("{ip}:40000"));
+        let request = Request::new(&pairs).with_source_ip(
+            source_address
+                .as_deref()
+                .map(|address| ip_of_socket_address(address.as_bytes())),
+        );
         let plugin = decide(rules, &request, &mut WeylSequence::new(12345));
         assert_eq!(cli, plugin, "{}", spec.summary());
         assert_eq!(

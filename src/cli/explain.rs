@@ -114,7 +114,7 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let decision = decide_spec(rules, spec, &mut sequence);
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip.as_deref().map(str::as_bytes));
+    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
 
     let mut out = String::new();
     let mut line = |label: &str, text: &str| {

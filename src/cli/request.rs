@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::decision::{decide, Decision, HeaderEdit, Reason};
-use crate::request::{HeaderPair, Request};
+use crate::request::{ip_of_socket_address, HeaderPair, Request};
 use crate::rules::Rules;
 use crate::split::WeylSequence;
 
@@ -130,6 +130,15 @@ impl RequestSpec {
             push("cookie", &cookie);
         }
         pairs
+    }
+
+    /// The client address as the plugin takes it from Envoy's
+    /// `source.address`: the IP, any port dropped, so `10.0.0.1:5555` and
+    /// `10.0.0.1` are the same sticky key.
+    pub fn source_ip_bytes(&self) -> Option<&[u8]> {
+        self.source_ip
+            .as_deref()
+            .map(|address| ip_of_socket_address(address.as_bytes()))
     }
 
     /// A short line naming the request, for reports.
@@ -274,7 +283,7 @@ pub fn decide_spec<'r>(
 ) -> Decision<'r> {
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip.as_deref().map(str::as_bytes));
+    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
     decide(rules, &request, sequence)
 }
 
