@@ -5,10 +5,15 @@
 //! - [`config`]: reads the JSON document and compiles it, once, into [`rules::Rules`].
 //! - [`request`]: the view of one request's headers, cookies and query.
 //! - [`split`]: weights, sticky hashing and the bucket layout.
+//! - [`cli`] (feature `cli`, default; left out of the .wasm): the `graylane`
+//!   command's checks, explanations, simulations and Envoy config, all on
+//!   [`decision::decide`].
 //! - `plugin` (not on wasm32-unknown-unknown): the proxy-wasm glue that Envoy
 //!   and APISIX load. It fetches headers, calls [`decision::decide`] and
 //!   applies the edits; nothing else.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod registry;

@@ -161,6 +161,25 @@ pub fn parse_header_map(buffer: &[u8]) -> Option<Vec<HeaderPair<'_>>> {
     Some(pairs)
 }
 
+/// The inverse of [`parse_header_map`]: the buffer a proxy-wasm host hands
+/// over, for tests and tools that feed the plugin's own parser. `None` when a
+/// length does not fit the format's `u32`.
+pub fn serialise_header_map(pairs: &[HeaderPair<'_>]) -> Option<Vec<u8>> {
+    let length = |n: usize| u32::try_from(n).ok().map(u32::to_le_bytes);
+    let mut out = length(pairs.len())?.to_vec();
+    for (name, value) in pairs {
+        out.extend_from_slice(&length(name.len())?);
+        out.extend_from_slice(&length(value.len())?);
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    Some(out)
+}
+
 fn split_once(bytes: &[u8], separator: u8) -> (&[u8], &[u8]) {
     match bytes.iter().position(|&b| b == separator) {
         Some(at) => (
@@ -306,18 +325,7 @@ mod tests {
     }
 
     fn serialise(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-        for (name, value) in pairs {
-            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        for (name, value) in pairs {
-            out.extend_from_slice(name);
-            out.push(0);
-            out.extend_from_slice(value);
-            out.push(0);
-        }
-        out
+        serialise_header_map(pairs).unwrap()
     }
 
     #[test]

@@ -192,6 +192,11 @@ impl Service {
         self.subsets.get(self.default)
     }
 
+    /// Who owns which bucket of the weighted split.
+    pub fn weight_table(&self) -> &WeightTable {
+        &self.weights
+    }
+
     pub fn subset_named(&self, name: &str) -> Option<&Subset> {
         self.subsets.iter().find(|subset| subset.name == name)
     }

@@ -116,6 +116,14 @@ impl WeightTable {
         self.ranges.is_empty()
     }
 
+    /// The ranges of buckets owned by the weighted subsets, as
+    /// `(first bucket, end bucket exclusive, subset index)` in layout order;
+    /// every bucket outside them belongs to the default subset. For tools
+    /// that explain a decision.
+    pub fn ranges(&self) -> impl Iterator<Item = (u32, u32, usize)> + '_ {
+        self.ranges.iter().copied()
+    }
+
     /// The subset owning `bucket`, or `None` for the default.
     pub fn owner(&self, bucket: u32) -> Option<usize> {
         self.ranges

@@ -1,0 +1,408 @@
+//! The `graylane` command: checks a rule document, explains the decision for
+//! one request, simulates many, and writes an Envoy config. Everything routes
+//! through [`crate::decision::decide`], the function the plugin calls, and
+//! every document is compiled by [`crate::config::compile_value`], the
+//! plugin's own compiler.
+//!
+//! Exit codes: 0 ok, 1 the rules were refused (or a check failed), 2 usage
+//! error (bad flags, unreadable files).
+
+pub mod document;
+pub mod envoy;
+pub mod explain;
+pub mod locate;
+pub mod request;
+pub mod simulate;
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use document::{Document, Format, LoadError};
+use request::RequestSpec;
+use simulate::Population;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "graylane",
+    version,
+    about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them",
+    long_about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them.\n\n\
+        Rule documents are the plugin's JSON document, or the same in YAML (by extension, .json / .yaml / .yml, \
+        else by content). Every command compiles them with the plugin's own compiler and decides requests with \
+        the plugin's own decision function.\n\n\
+        Exit codes: 0 ok; 1 the rules were refused; 2 usage error (bad flags, a file that cannot be read)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a rule document; print every refusal as FILE:LINE:COLUMN: PATH: REASON
+    #[command(
+        long_about = "Validate a rule document as the plugin would when configured.\n\n\
+            Each refusal is printed on standard error as FILE:LINE:COLUMN: JSON-PATH: REASON; for a required field \
+            that is missing, the line and column are those of the object that misses it. Exit 0 when the document \
+            is valid, 1 when it is refused, 2 when it cannot be read."
+    )]
+    Check {
+        /// The rule document (JSON or YAML)
+        file: PathBuf,
+        /// Print nothing when the document is valid
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show which service, subset and cluster one request gets, the header edits, and why
+    #[command(
+        long_about = "Show the decision for one request: the service, the subset, the cluster, the headers set and \
+            removed, and why (the tag; the match entry and its conditions; or the weight bucket of 10,000, whose \
+            range it falls in and whether it came from the sticky key).\n\n\
+            Without a sticky key the weighted split is drawn from each gateway worker's own sequence: the result \
+            then depends on that sequence, and the probabilities of each outcome are shown.\n\n\
+            Example: graylane explain rules.yaml --host b.example.com --path '/api/b/list?canary=true' -H 'userid: 42'"
+    )]
+    Explain {
+        /// The rule document (JSON or YAML)
+        file: PathBuf,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Print the decision as one JSON object (the `expect` form of a requests file)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay many requests and print the split per service and subset
+    #[command(
+        long_about = "Replay many requests through the decision and print the split per service and subset.\n\n\
+            The requests are COUNT copies of the one described by the request flags (with --users N, user i mod N \
+            sends the service's sticky key as user-i), or the lines of --requests FILE (one JSON object per line: \
+            host, path, method, headers, cookies, source_ip; `expect` and fields starting with _ are ignored).\n\n\
+            With --compare OLD NEW, the same requests go through both documents and a matrix shows who moves from \
+            where to where: the effect of a weight change before shipping it.\n\n\
+            Examples:\n  graylane simulate rules.json --host b.example.com --path /api/b --users 10000\n  \
+            graylane simulate --compare old.json new.json --host b.example.com --path /api/b --users 10000"
+    )]
+    Simulate(SimulateArgs),
+    /// Print a ready Envoy config (YAML) that loads the plugin with these rules
+    #[command(
+        long_about = "Print a ready Envoy configuration (YAML) for these rules: the wasm filter with the rules \
+            embedded, a route that forwards to the cluster named by the cluster header (only when that header is \
+            present), a fallback route, and a stub cluster for every subset's cluster and for the fallback.\n\n\
+            Check it with: envoy --mode validate -c envoy.yaml (this loads the plugin and configures it)."
+    )]
+    Envoy(EnvoyArgs),
+}
+
+/// A request described by flags.
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// The request's host (:authority)
+    #[arg(long)]
+    host: Option<String>,
+    /// The path, query string included
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The method
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// A request header, 'name: value' (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// A cookie, 'name=value' (repeatable)
+    #[arg(long = "cookie", value_name = "NAME=VALUE")]
+    cookies: Vec<String>,
+    /// The client address (for sticky: {source_ip: true})
+    #[arg(long)]
+    source_ip: Option<String>,
+}
+
+impl RequestArgs {
+    fn spec(&self) -> Result<RequestSpec, String> {
+        let mut spec = RequestSpec {
+            host: self.host.clone(),
+            path: Some(self.path.clone()),
+            method: Some(self.method.clone()),
+            source_ip: self.source_ip.clone(),
+            ..RequestSpec::default()
+        };
+        for header in &self.headers {
+            spec.add_header_line(header)?;
+        }
+        for cookie in &self.cookies {
+            spec.add_cookie(cookie)?;
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The rule document (JSON or YAML)
+    #[arg(required_unless_present = "compare", conflicts_with = "compare")]
+    file: Option<PathBuf>,
+    /// Compare two rule documents: who would move from where to where
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    compare: Option<Vec<PathBuf>>,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// How many requests (default: as many as --users, else 10000)
+    #[arg(short = 'n', long, conflicts_with = "requests")]
+    count: Option<usize>,
+    /// A population of N sticky users: request i sends user-(i mod N) as the sticky key
+    #[arg(long, value_name = "N", conflicts_with = "requests")]
+    users: Option<usize>,
+    /// Where the users send their key: header:NAME, cookie:NAME or source_ip (default: the service's sticky key)
+    #[arg(long, value_name = "KEY", requires = "users")]
+    user_key: Option<String>,
+    /// Replay these requests instead: one JSON object per line
+    #[arg(long, value_name = "FILE")]
+    requests: Option<PathBuf>,
+    /// Seed of the sequence that splits requests without a sticky key
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct EnvoyArgs {
+    /// The rule document (JSON or YAML)
+    file: PathBuf,
+    /// The plugin's .wasm, as Envoy will find it
+    #[arg(long, default_value = "graylane.wasm")]
+    wasm: String,
+    /// The listener's port
+    #[arg(long, default_value_t = 10000)]
+    port: u16,
+    /// The listener's address
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_address: String,
+    /// The cluster for requests no service claims
+    #[arg(long, default_value = "fallback")]
+    fallback_cluster: String,
+    /// Address of the stub endpoints
+    #[arg(long, default_value = "127.0.0.1")]
+    upstream_address: String,
+    /// First port of the stub endpoints; each cluster gets the next one
+    #[arg(long, default_value_t = 18100)]
+    upstream_port_base: u16,
+    /// Add an admin interface on 127.0.0.1 at this port
+    #[arg(long)]
+    admin_port: Option<u16>,
+}
+
+/// Runs the command with these arguments (the first is the program name) and
+/// returns the exit code.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // --help and --version are not errors.
+            return if error.use_stderr() {
+                EXIT_USAGE
+            } else {
+                EXIT_OK
+            };
+        }
+    };
+    let outcome = match cli.command {
+        Command::Check { file, quiet } => check(&file, quiet),
+        Command::Explain {
+            file,
+            request,
+            json,
+        } => explain(&file, &request, json),
+        Command::Simulate(args) => simulate(&args),
+        Command::Envoy(args) => envoy(&args),
+    };
+    match outcome {
+        Ok(output) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`graylane ... | head`) is not worth a panic.
+            let _ = stdout.write_all(output.as_bytes());
+            let _ = stdout.flush();
+            EXIT_OK
+        }
+        Err(failure) => {
+            eprintln!("{}", failure.message);
+            failure.code
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<LoadError> for Failure {
+    fn from(error: LoadError) -> Self {
+        Failure {
+            code: error.exit_code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        message: format!("graylane: {}", message.into()),
+    }
+}
+
+fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
+    let document = document::load(file)?;
+    if quiet {
+        return Ok(String::new());
+    }
+    let mut out = format!(
+        "{}: ok ({}), {} service(s)\n",
+        file.display(),
+        match document.format {
+            Format::Json => "JSON",
+            Format::Yaml => "YAML",
+        },
+        document.rules.services.len()
+    );
+    for service in &document.rules.services {
+        let shares = explain::shares(service);
+        let subsets: Vec<String> = service
+            .subsets
+            .iter()
+            .zip(&shares)
+            .enumerate()
+            .map(|(index, (subset, share))| {
+                let mut text = format!("{} -> {}", subset.name, subset.cluster);
+                if index == service.default {
+                    text.push_str(" (default)");
+                }
+                if *share > 0 && !service.weight_table().is_empty() {
+                    text.push_str(&format!(" {}", explain::percent(*share)));
+                }
+                if !subset.matches.is_empty() {
+                    text.push_str(&format!(
+                        ", {} match {}",
+                        subset.matches.len(),
+                        if subset.matches.len() == 1 {
+                            "entry"
+                        } else {
+                            "entries"
+                        }
+                    ));
+                }
+                text
+            })
+            .collect();
+        out.push_str(&format!("  {}: {}\n", service.name, subsets.join("; ")));
+    }
+    Ok(out)
+}
+
+fn explain(file: &Path, request: &RequestArgs, json: bool) -> Result<String, Failure> {
+    let spec = request.spec().map_err(usage)?;
+    let document = document::load(file)?;
+    if json {
+        let decision = request::decide_spec(
+            &document.rules,
+            &spec,
+            &mut crate::split::WeylSequence::new(0),
+        );
+        return Ok(format!(
+            "{}\n",
+            request::outcome_json(&document.rules, &spec, &decision)
+        ));
+    }
+    Ok(explain::explain(&document.rules, &spec))
+}
+
+fn read_requests(file: &Path) -> Result<Vec<RequestSpec>, Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| usage(format!("{}: cannot read: {e}", file.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(|(number, line)| {
+            RequestSpec::from_json_line(line)
+                .map_err(|e| usage(format!("{}:{}: {e}", file.display(), number + 1)))
+        })
+        .collect()
+}
+
+fn population(args: &SimulateArgs) -> Result<Population, Failure> {
+    if let Some(file) = &args.requests {
+        return Ok(Population::Listed(read_requests(file)?));
+    }
+    let key = args
+        .user_key
+        .as_deref()
+        .map(simulate::parse_key)
+        .transpose()
+        .map_err(usage)?;
+    Ok(Population::Synthetic {
+        base: args.request.spec().map_err(usage)?,
+        count: args.count.or(args.users).unwrap_or(10_000),
+        users: args.users,
+        key,
+    })
+}
+
+fn simulate(args: &SimulateArgs) -> Result<String, Failure> {
+    let population = population(args)?;
+    let render = |text: String, json: serde_json::Value| {
+        if args.json {
+            format!("{json}\n")
+        } else {
+            text
+        }
+    };
+    match (&args.compare, &args.file) {
+        (Some(files), _) => {
+            let [old_file, new_file] = files.as_slice() else {
+                return Err(usage("--compare takes two files: OLD NEW"));
+            };
+            let old: Document = document::load(old_file)?;
+            let new: Document = document::load(new_file)?;
+            let requests = population.requests(&old.rules);
+            let comparison = simulate::compare(&old.rules, &new.rules, &requests, args.seed);
+            Ok(render(comparison.table(), comparison.json()))
+        }
+        (None, Some(file)) => {
+            let document = document::load(file)?;
+            let requests = population.requests(&document.rules);
+            let split = simulate::split(&document.rules, &requests, args.seed);
+            Ok(render(split.table(), split.json()))
+        }
+        (None, None) => Err(usage("simulate needs a rule document or --compare OLD NEW")),
+    }
+}
+
+fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
+    let document = document::load(&args.file)?;
+    let options = envoy::EnvoyOptions {
+        wasm: args.wasm.clone(),
+        listen_address: args.listen_address.clone(),
+        port: args.port,
+        fallback_cluster: args.fallback_cluster.clone(),
+        upstream_address: args.upstream_address.clone(),
+        upstream_port_base: args.upstream_port_base,
+        admin_port: args.admin_port,
+    };
+    envoy::render(&document, &options).map_err(|e| Failure {
+        code: EXIT_INVALID,
+        message: format!("graylane: cannot write the Envoy config: {e}"),
+    })
+}
