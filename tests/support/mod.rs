@@ -1036,19 +1036,51 @@ impl Response {
 /// connection the server closed is reopened for the next request.
 pub struct Client {
     addr: SocketAddr,
+    /// The client's own address, for tests of `sticky: {"source_ip": true}`
+    /// (any of 127.0.0.0/8 works on loopback).
+    local: Option<std::net::IpAddr>,
     stream: Option<(BufReader<TcpStream>, TcpStream)>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> io::Result<Client> {
-        let mut client = Client { addr, stream: None };
+        let mut client = Client {
+            addr,
+            local: None,
+            stream: None,
+        };
         client.open()?;
         Ok(client)
     }
 
+    /// Connects from `local` (port chosen by the system).
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> io::Result<Client> {
+        let mut client = Client {
+            addr,
+            local: Some(local),
+            stream: None,
+        };
+        client.open()?;
+        Ok(client)
+    }
+
+    fn new_stream(&self) -> io::Result<TcpStream> {
+        let Some(local) = self.local else {
+            return TcpStream::connect(self.addr);
+        };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(self.addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+        socket.connect(&self.addr.into())?;
+        Ok(socket.into())
+    }
+
     fn open(&mut self) -> io::Result<&mut (BufReader<TcpStream>, TcpStream)> {
         if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr)?;
+            let stream = self.new_stream()?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(Duration::from_secs(30)))?;
             self.stream = Some((BufReader::new(stream.try_clone()?), stream));
