@@ -11,8 +11,10 @@
 
 pub mod config;
 pub mod decision;
+pub mod metrics;
 pub mod request;
 pub mod rules;
+pub mod source;
 pub mod split;
 
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
