@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{kind, ConfigError, ConfigErrors};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
@@ -371,17 +371,6 @@ fn sorted<'a>(items: &[&'a str]) -> Vec<&'a str> {
     let mut items = items.to_vec();
     items.sort_unstable();
     items
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
