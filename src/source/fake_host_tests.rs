@@ -520,3 +520,66 @@ fn a_fresh_worker_adopts_the_stored_document() {
     let mut other = Fetcher::new(plain_config(), base(), 5);
     assert!(other.sync(&mut world.host()).is_none());
 }
+
+/// Whatever the control plane answers, the fetcher neither panics nor puts
+/// anything but a valid document in force.
+#[test]
+fn arbitrary_answers_never_panic() {
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: [&[u8]; 12] = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"kvs\":",
+        b"\"count\":\"1\"",
+        b"\"value\":\"e30=\"",
+        b"\"mod_revision\":\"x\"",
+        b"\"services\":",
+        b",",
+        b"\xff\xfe",
+        b"null",
+    ];
+    for format in [etcd_config(), plain_config()] {
+        let world = World::default();
+        world.now.set(1_000);
+        let mut worker = Fetcher::new(format, base(), 9);
+        for _ in 0..2_000 {
+            world.advance(10_000);
+            worker.on_tick(&mut world.host());
+            let Some((token, _)) = world.calls.borrow().last().cloned() else {
+                continue;
+            };
+            let mut body = Vec::new();
+            for _ in 0..(next() % 12) {
+                body.extend_from_slice(pieces[(next() % 12) as usize]);
+            }
+            let status = match next() % 5 {
+                0 => None,
+                1 => Some(304),
+                2 => Some((next() % 600) as u16),
+                _ => Some(200),
+            };
+            let headers = if next() % 2 == 0 {
+                vec![("etag".to_string(), body.clone())]
+            } else {
+                vec![]
+            };
+            let response = CalloutResponse {
+                status,
+                headers,
+                body,
+            };
+            if let Some(installed) = worker.on_response(&mut world.host(), token, &response) {
+                // Only a document that compiles gets here.
+                assert!(installed.rules.services.is_empty());
+            }
+        }
+    }
+}
