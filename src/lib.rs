@@ -5,6 +5,9 @@
 //! - [`config`]: reads the JSON document and compiles it, once, into [`rules::Rules`].
 //! - [`request`]: the view of one request's headers, cookies and query.
 //! - [`split`]: weights, sticky hashing and the bucket layout.
+//! - [`source`]: live rules: the `source` section, the fetcher state machine
+//!   (lease, versions, backoff) behind small host traits, tested natively.
+//! - [`metrics`]: metric names and the per-worker request counts.
 //! - `plugin` (not on wasm32-unknown-unknown): the proxy-wasm glue that Envoy
 //!   and APISIX load. It fetches headers, calls [`decision::decide`] and
 //!   applies the edits; nothing else.
