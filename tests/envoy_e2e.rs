@@ -43,6 +43,7 @@ fn assert_routes(gateway: &Gateway, cases: &[(&str, Request, &str)]) {
         cases.len(),
         failures.join("\n")
     );
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 /// One service per match kind under test, plus host and path-prefix services.
@@ -403,6 +404,13 @@ fn gray_tag_is_honoured_written_and_passed_through() {
     assert_eq!(echo.backend, "m-h-exact");
     assert_eq!(echo.header_values("x-gray-tag"), ["h-exact"]);
 
+    // Nor does a tag that is not UTF-8; it too passes as it came.
+    let echo = client
+        .send(&m("/").header_bytes(b"x-gray-tag", b"\xffx"))
+        .echo();
+    assert_eq!(echo.backend, "m-stable");
+    assert_eq!(echo.header_values("x-gray-tag"), ["\u{fffd}x"]);
+
     // On a request no service claims, the tag passes untouched.
     let echo = client
         .send(
@@ -413,6 +421,7 @@ fn gray_tag_is_honoured_written_and_passed_through() {
         .echo();
     assert_eq!(echo.backend, FALLBACK_CLUSTER);
     assert_eq!(echo.header_values("x-gray-tag"), ["h-exact"]);
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -438,6 +447,7 @@ fn a_spoofed_cluster_header_is_never_obeyed() {
             &["m-gray"][..],
             &["m-gray", "m-h-exact"],
             &["fallback", "m-gray"],
+            &[""],
         ] {
             let sent = spoof(request.clone(), values);
             let echo = client.send(&sent).echo();
@@ -451,19 +461,26 @@ fn a_spoofed_cluster_header_is_never_obeyed() {
         }
     }
     // A mixed-case name is the same header.
-    let echo = client
-        .send(
-            &Request::get("/")
-                .host("nowhere.test")
-                .header("X-Graylane-Cluster", "m-gray"),
-        )
-        .echo();
-    assert_eq!(echo.backend, FALLBACK_CLUSTER);
-    assert!(echo.header_values("x-graylane-cluster").is_empty());
+    assert_unclaimed_spoof_ignored(&mut client, "X-Graylane-Cluster");
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+/// A cluster header sent on a request no service claims: the fallback route
+/// takes the request and the upstream never sees the header.
+fn assert_unclaimed_spoof_ignored(client: &mut Client, header: &str) {
+    let request = Request::get("/")
+        .host("nowhere.test")
+        .header(header, "m-gray");
+    let echo = client.send(&request).echo();
+    assert_eq!(echo.backend, FALLBACK_CLUSTER, "{request:?} was obeyed");
+    assert!(
+        echo.header_values(header).is_empty(),
+        "{request:?} reached the upstream"
+    );
 }
 
 #[test]
-fn untrusted_tags_are_stripped_with_custom_header_names_behind_the_guard_filter() {
+fn untrusted_tags_are_stripped_with_custom_header_names_behind_the_guard() {
     // trust_tag false, custom header names, and the shipped filter chain's
     // guard (a header_mutation filter removing the cluster header before the
     // plugin): the plugin must still route after the guard.
@@ -483,7 +500,7 @@ fn untrusted_tags_are_stripped_with_custom_header_names_behind_the_guard_filter(
         }]
     });
     let gateway = Gateway::start_with("untrusted", &document, |mut config| {
-        config.guard_filter = true;
+        config.guard_cluster_header = true;
         config
     });
     let mut client = gateway.client();
@@ -522,11 +539,15 @@ fn untrusted_tags_are_stripped_with_custom_header_names_behind_the_guard_filter(
     let echo = client.send(&b().header("x-route-to", "b-canary")).echo();
     assert_eq!(echo.backend, "b-stable");
     assert_eq!(echo.header_values("x-route-to"), ["b-stable"]);
+    // No service claims this one, so the plugin edits nothing: the guard
+    // must not have let Envoy pick the route before it removed the header.
+    assert_unclaimed_spoof_ignored(&mut client, "x-route-to");
     // The default name means nothing here: it passes as any other header.
     let echo = client
         .send(&b().header("x-graylane-cluster", "b-canary"))
         .echo();
     assert_eq!(echo.backend, "b-stable");
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 /// Sends `total` requests built by `request(i)` over `connections` keep-alive
@@ -600,6 +621,17 @@ fn weighted_split_without_sticky_key_is_within_one_point() {
         };
         assert_eq!(echo.header("x-gray-tag"), expected, "{echo:?}");
     }
+    // Envoy counted the same split.
+    for (name, count) in &counts {
+        assert_eq!(
+            gateway
+                .envoy
+                .stat(&format!("cluster.{name}.upstream_rq_total")),
+            *count as u64,
+            "Envoy's count for {name}"
+        );
+    }
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 fn sticky_document(canary_weight: f64) -> Value {
@@ -725,6 +757,8 @@ fn sticky_split_keeps_users_and_raising_the_weight_only_moves_users_in() {
         );
         assert!(moved_in > 200, "{kind}: only {moved_in} users moved in");
     }
+    before.envoy.assert_no_wasm_errors();
+    after.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -804,4 +838,78 @@ fn a_refused_configuration_stops_envoy_and_names_the_field() {
             run.join().unwrap();
         }
     });
+}
+
+/// What Envoy does with requests once the plugin's VM has crashed, shown with
+/// a stand-in plugin that traps on demand (tests/fixtures/crash-plugin). The
+/// shipped FAIL_RELOAD must never forward a request unrouted, so a client's
+/// own cluster header is never obeyed, and must route again after reloading;
+/// FAIL_OPEN, for contrast, forwards it where the client asked.
+#[test]
+fn after_a_vm_crash_fail_reload_refuses_then_recovers_where_fail_open_obeys_the_client() {
+    let document =
+        json!({"services": [{"subsets": [{"cluster": "stable"}, {"cluster": "canary"}]}]});
+    let start = |policy: &str| {
+        let (mut config, backends) = Gateway::prepare(policy, &document.to_string());
+        config.wasm = crash_plugin_wasm_path().to_path_buf();
+        config.failure_policy = policy.to_string();
+        Gateway {
+            envoy: Envoy::start(&config),
+            backends,
+        }
+    };
+    let spoofed = || Request::get("/").header("x-graylane-cluster", "canary");
+    let crash = || spoofed().header("x-crash", "1");
+    let outcome = |response: Response| match response.header("x-echo-backend") {
+        Some(backend) => backend,
+        None => format!("status {}", response.status),
+    };
+
+    let (reload, open) = thread::scope(|scope| {
+        let reload = scope.spawn(|| start("FAIL_RELOAD"));
+        let open = scope.spawn(|| start("FAIL_OPEN"));
+        (reload.join().unwrap(), open.join().unwrap())
+    });
+
+    // FAIL_RELOAD.
+    assert_eq!(outcome(reload.send(&spoofed())), "stable");
+    // Crash the VMs: eight connections reach both workers but once in 128.
+    for _ in 0..8 {
+        assert_eq!(outcome(reload.send(&crash())), "status 503");
+    }
+    assert!(
+        !reload.envoy.wasm_errors().is_empty(),
+        "no VM failure logged"
+    );
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        let outcomes: Vec<String> = (0..8).map(|_| outcome(reload.send(&spoofed()))).collect();
+        for outcome in &outcomes {
+            assert!(
+                outcome == "stable" || outcome == "status 503",
+                "after a crash, FAIL_RELOAD answered {outcome}"
+            );
+        }
+        refused += outcomes.iter().filter(|o| *o == "status 503").count();
+        if outcomes.iter().all(|o| o == "stable") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "FAIL_RELOAD did not recover: {outcomes:?}"
+        );
+        thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(refused > 0, "no request was refused while the VM reloaded");
+
+    // FAIL_OPEN, for contrast: once its VM has failed, the client's header wins.
+    assert_eq!(outcome(open.send(&spoofed())), "stable");
+    let obeyed = (0..8)
+        .map(|_| {
+            let _ = open.send(&crash());
+            outcome(open.send(&spoofed()))
+        })
+        .any(|outcome| outcome == "canary");
+    assert!(obeyed, "FAIL_OPEN no longer forwards unrouted requests after a crash; revisit the failure policy note");
 }

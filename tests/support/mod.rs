@@ -12,10 +12,17 @@
 //!   listing every header it received, in order, duplicates included.
 //! - [`EnvoyConfig`] and [`Envoy`]: a generated bootstrap (the plugin JSON
 //!   embedded, one static cluster per backend, the `cluster_header` route plus a
-//!   fallback route), Envoy started on ports it picks itself, ready when
-//!   `/ready` says so, killed on drop, its log kept in a file.
+//!   fallback route), Envoy (`--concurrency 2 --use-dynamic-base-id`) started
+//!   on ports it picks itself, ready when `/ready` says so and its listener
+//!   answers, killed on drop. [`Envoy::try_start`] hands back the exit status
+//!   and log of an Envoy that refused to start; [`Envoy::log`],
+//!   [`Envoy::wasm_errors`] and [`Envoy::stat`] let a test look inside one
+//!   that runs. Each Envoy's config and log stay in
+//!   `target/tmp/envoy-<label>-<pid>-<n>/` for an hour.
 //! - [`Gateway`]: all of the above from one plugin document: one echo
 //!   backend per cluster the document names, one for the fallback route.
+//! - [`envoy_validate`]: `envoy --mode validate` on a bootstrap, the wasm path
+//!   pointed at the test build.
 //! - [`Client`], [`Request`], [`Response`]: a small HTTP/1.1 client over one
 //!   keep-alive connection that sends exactly the bytes asked for (repeated
 //!   headers, header values that are not UTF-8).
@@ -23,11 +30,12 @@
 //! Typical use:
 //!
 //! ```ignore
-//! let gateway = Gateway::start(&json!({ "services": [...] }));
+//! let gateway = Gateway::start("my-test", &json!({ "services": [...] }));
 //! let mut client = gateway.client();
 //! let response = client.send(&Request::get("/").host("b.example.com").header("userid", "123"));
 //! assert_eq!(response.backend(), "bservice-canary");
 //! assert_eq!(response.echo().header("x-gray-tag"), Some("canary"));
+//! gateway.envoy.assert_no_wasm_errors();
 //! ```
 //!
 //! Each test binary compiles this module on its own and uses part of it.
@@ -89,30 +97,49 @@ pub fn wasm_path() -> &'static Path {
             );
             return path;
         }
-        let target_dir = repo_root().join("target").join("wasm-for-tests");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--lib",
-                "--no-default-features",
-            ])
-            .output()
-            .expect("cannot run cargo to build the plugin");
-        assert!(
-            output.status.success(),
-            "building the plugin failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = target_dir.join("wasm32-wasip1/release/graylane.wasm");
-        assert!(path.is_file(), "cargo built no {}", path.display());
-        path
+        build_wasm(
+            &repo_root(),
+            &["--lib", "--no-default-features"],
+            "graylane",
+        )
     })
+}
+
+/// `tests/fixtures/crash-plugin`: a stand-in plugin that routes every request
+/// to the cluster `stable` and traps when a request carries `x-crash`, to see
+/// what Envoy does after a VM failure.
+pub fn crash_plugin_wasm_path() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        build_wasm(
+            &repo_root().join("tests/fixtures/crash-plugin"),
+            &[],
+            "crash_plugin",
+        )
+    })
+}
+
+/// Builds the package at `manifest_dir` for wasm32-wasip1 in release mode
+/// into `target/wasm-for-tests`; returns the path of `<artifact>.wasm`.
+fn build_wasm(manifest_dir: &Path, extra_args: &[&str], artifact: &str) -> PathBuf {
+    let target_dir = repo_root().join("target").join("wasm-for-tests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(manifest_dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args(["build", "--release", "--target", "wasm32-wasip1"])
+        .args(extra_args)
+        .output()
+        .expect("cannot run cargo to build a plugin");
+    assert!(
+        output.status.success(),
+        "building {} failed:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = target_dir.join(format!("wasm32-wasip1/release/{artifact}.wasm"));
+    assert!(path.is_file(), "cargo built no {}", path.display());
+    path
 }
 
 /// The Envoy binary: `ENVOY_BIN`, else `.tools/venv/bin/envoy` under the
@@ -147,15 +174,19 @@ pub fn envoy_bin() -> &'static Path {
 }
 
 /// A fresh directory for one Envoy's files (config, log, admin address) under
-/// Cargo's per-test-target temporary directory. Kept after the test, so that a
-/// failure can be looked into.
+/// Cargo's per-test-target temporary directory (`target/tmp/envoy-<label>-<pid>-<n>`).
+/// Kept after the test, so that a failure can be looked into; those over an
+/// hour old are removed the first time a test process asks for one.
 fn scratch_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static CLEANED: OnceLock<()> = OnceLock::new();
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    CLEANED.get_or_init(|| remove_old_scratch(&base));
     let label: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let dir = base.join(format!(
         "envoy-{label}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -163,6 +194,24 @@ fn scratch_dir(label: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("cannot create the scratch directory");
     dir
+}
+
+/// Removes the `envoy-*` directories last touched over an hour ago.
+fn remove_old_scratch(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old && entry.file_name().to_string_lossy().starts_with("envoy-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -377,11 +426,14 @@ pub struct EnvoyConfig {
     /// Where requests go that carry no cluster header (no service claimed
     /// them); a cluster of that name must be among `clusters`.
     pub fallback_cluster: String,
-    /// `failure_policy` of the wasm filter.
+    /// `failure_policy` of the wasm filter (`FAIL_RELOAD`, as shipped).
     pub failure_policy: String,
-    /// Put a `header_mutation` filter that removes the cluster header before
-    /// the plugin, as the shipped `filters/envoy/envoy.yaml` does.
-    pub guard_filter: bool,
+    /// The `.wasm` to load ([`wasm_path`] unless a test says otherwise).
+    pub wasm: PathBuf,
+    /// Remove any client-sent cluster header before route selection and
+    /// before the plugin (an early header mutation of the connection
+    /// manager), as the shipped `filters/envoy/envoy.yaml` does.
+    pub guard_cluster_header: bool,
     /// A label for the scratch directory and log file names.
     pub label: String,
 }
@@ -400,7 +452,8 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             fallback_cluster: FALLBACK_CLUSTER.to_string(),
             failure_policy: "FAIL_RELOAD".to_string(),
-            guard_filter: false,
+            wasm: wasm_path().to_path_buf(),
+            guard_cluster_header: false,
             label: label.to_string(),
         }
     }
@@ -413,16 +466,21 @@ impl EnvoyConfig {
     /// The bootstrap, as JSON (which Envoy reads as well as YAML).
     pub fn bootstrap(&self) -> Value {
         let loopback_port_0 = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
-        let mut http_filters = Vec::new();
-        if self.guard_filter {
-            http_filters.push(json!({
-                "name": "envoy.filters.http.header_mutation",
+        // The guard runs before route selection. (A header_mutation *HTTP
+        // filter* would not do: it selects the route, with the client's
+        // header in it, before it removes the header.)
+        let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
+            vec![json!({
+                "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-                    "mutations": {"request_mutations": [{"remove": self.cluster_header}]}
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": [{"remove": self.cluster_header}]
                 }
-            }));
-        }
+            })]
+        } else {
+            Vec::new()
+        };
+        let mut http_filters = Vec::new();
         http_filters.push(json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -437,7 +495,7 @@ impl EnvoyConfig {
                     },
                     "vm_config": {
                         "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm_path()}},
+                        "code": {"local": {"filename": self.wasm}},
                     },
                 },
             },
@@ -475,6 +533,7 @@ impl EnvoyConfig {
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "ingress",
+                            "early_header_mutation_extensions": early_header_mutations,
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
@@ -679,6 +738,29 @@ impl Envoy {
         &self.dir
     }
 
+    /// The lines Envoy logged at error or critical level for the wasm
+    /// component: the plugin's own errors (a refused request, a host call
+    /// that failed) and VM failures. A test that expects none asserts this is
+    /// empty.
+    pub fn wasm_errors(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("][error][wasm]") || line.contains("][critical][wasm]"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Panics, listing them, when the plugin or its VM logged errors.
+    pub fn assert_no_wasm_errors(&self) {
+        let errors = self.wasm_errors();
+        assert!(
+            errors.is_empty(),
+            "Envoy logged wasm errors ({}):\n{}",
+            self.log_path.display(),
+            errors.join("\n")
+        );
+    }
+
     /// The value of one admin counter or gauge (from `/stats`), 0 when absent.
     pub fn stat(&self, name: &str) -> u64 {
         let response = self
@@ -698,6 +780,61 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The outcome of `envoy --mode validate`.
+#[derive(Debug)]
+pub struct Validation {
+    pub status: ExitStatus,
+    /// Everything Envoy wrote (stdout and stderr).
+    pub log: String,
+}
+
+/// Runs `envoy --mode validate` on a bootstrap given as YAML or JSON text,
+/// after pointing every `filename: .../graylane.wasm` at [`wasm_path`].
+/// Envoy 1.40 loads the plugin in this mode and runs its configuration check,
+/// so a refused plugin document fails validation too.
+pub fn envoy_validate(label: &str, bootstrap: &str) -> Validation {
+    let dir = scratch_dir(label);
+    let config_path = dir.join("envoy.yaml");
+    fs::write(&config_path, with_test_wasm(bootstrap)).expect("cannot write the Envoy config");
+    let output = Command::new(envoy_bin())
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(&config_path)
+        .args(["-l", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", envoy_bin().display()));
+    let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
+    log.push_str(&String::from_utf8_lossy(&output.stderr));
+    let _ = fs::write(dir.join("envoy.log"), &log);
+    Validation {
+        status: output.status,
+        log,
+    }
+}
+
+/// `bootstrap` with the path of every `filename:` naming a `graylane.wasm`
+/// replaced by the one the tests built.
+pub fn with_test_wasm(bootstrap: &str) -> String {
+    let wasm = wasm_path().display().to_string();
+    bootstrap
+        .lines()
+        .map(|line| match line.find("filename:") {
+            Some(at) if line.contains("graylane.wasm") => {
+                let rest = &line[at + "filename:".len()..];
+                let start = at + "filename:".len() + (rest.len() - rest.trim_start().len());
+                let path_len = line[start..]
+                    .find(|c: char| c == '}' || c == ',' || c.is_whitespace())
+                    .unwrap_or(line.len() - start);
+                format!("{}{wasm}{}", &line[..start], &line[start + path_len..])
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One plugin document in a real Envoy: an echo backend for every cluster the
