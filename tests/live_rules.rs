@@ -470,6 +470,7 @@ fn etcd_weight_change_moves_the_split_and_shows_in_stats() {
     assert_eq!(green as usize, green_seen, "green counter vs backend");
     assert!(blue > 500, "blue counter {blue}");
     assert_eq!(log_count(&gateway, "the etcd key does not exist"), 1);
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -520,6 +521,7 @@ fn blue_green_flip_reaches_every_request_within_a_few_intervals() {
         );
         eprintln!("flip {from}→{to}: last request to {from} after {last_old:?}");
     }
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -609,6 +611,7 @@ fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
         "after recovery",
     );
     assert_eq!(log_count(&gateway, "rules source answering again"), 1);
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -645,6 +648,7 @@ fn etcd_down_keeps_the_last_good_rules() {
     let revision = etcd.put("/graylane/b", &bluegreen("blue", "green", 0.0).to_string());
     wait_for_version(&gateway, revision, interval);
     hold(&gateway, Duration::from_millis(500), "b-blue", "etcd back");
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -697,6 +701,7 @@ fn apisix_mode_routes_inline_without_ticks_and_refreshes_from_requests() {
         "b-green",
         "slow source",
     );
+    gateway.envoy.assert_no_wasm_errors();
 }
 
 #[test]
@@ -723,4 +728,5 @@ fn an_unknown_source_cluster_is_logged_and_the_inline_rules_serve() {
         "logged once:\n{}",
         gateway.envoy.log()
     );
+    gateway.envoy.assert_no_wasm_errors();
 }
