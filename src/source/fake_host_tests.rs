@@ -1,0 +1,585 @@
+//! The fetcher against a fake clock and a fake host: several workers sharing
+//! one store, a control plane whose answers the test writes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use super::codec::base64_encode;
+use super::*;
+
+#[derive(Default)]
+struct World {
+    now: Cell<u64>,
+    store: RefCell<LocalStore>,
+    calls: RefCell<Vec<(u32, CalloutRequest)>>,
+    next_token: Cell<u32>,
+    counters: RefCell<BTreeMap<String, u64>>,
+    gauges: RefCell<BTreeMap<String, u64>>,
+    logs: RefCell<Vec<(log::Level, String)>>,
+    refuse_dispatch: Cell<bool>,
+}
+
+struct FakeHost<'w>(&'w World);
+
+impl Clock for FakeHost<'_> {
+    fn now_ms(&self) -> u64 {
+        self.0.now.get()
+    }
+}
+
+impl HttpCallout for FakeHost<'_> {
+    fn dispatch(&mut self, request: &CalloutRequest) -> Result<u32, String> {
+        if self.0.refuse_dispatch.get() {
+            return Err("no such cluster".into());
+        }
+        let token = self.0.next_token.get() + 1;
+        self.0.next_token.set(token);
+        self.0.calls.borrow_mut().push((token, request.clone()));
+        Ok(token)
+    }
+}
+
+impl SharedStore for FakeHost<'_> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.0.store.borrow().get(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.0.store.borrow_mut().set(key, value, cas)
+    }
+}
+
+impl Metrics for FakeHost<'_> {
+    fn add(&mut self, counter: &str, delta: u64) {
+        *self
+            .0
+            .counters
+            .borrow_mut()
+            .entry(counter.to_string())
+            .or_default() += delta;
+    }
+    fn gauge(&mut self, gauge: &str, value: u64) {
+        self.0.gauges.borrow_mut().insert(gauge.to_string(), value);
+    }
+}
+
+impl Logger for FakeHost<'_> {
+    fn log(&mut self, level: log::Level, message: &str) {
+        self.0.logs.borrow_mut().push((level, message.to_string()));
+    }
+}
+
+impl World {
+    fn host(&self) -> FakeHost<'_> {
+        FakeHost(self)
+    }
+    fn advance(&self, ms: u64) {
+        self.now.set(self.now.get() + ms);
+    }
+    fn counter(&self, name: &str) -> u64 {
+        self.counters.borrow().get(name).copied().unwrap_or(0)
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.logs
+            .borrow()
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, message)| message.clone())
+            .collect()
+    }
+    fn last_call(&self) -> (u32, CalloutRequest) {
+        self.calls.borrow().last().cloned().expect("a call")
+    }
+}
+
+fn base() -> Base {
+    Base {
+        cluster_header: "x-graylane-cluster".into(),
+        tag_header: "x-gray-tag".into(),
+        trust_tag: true,
+    }
+}
+
+fn etcd_config() -> SourceConfig {
+    SourceConfig {
+        format: Format::Etcd {
+            key: "/gl/rules".into(),
+        },
+        cluster: "etcd".into(),
+        path: "/v3/kv/range".into(),
+        authority: "etcd".into(),
+        headers: vec![("authorization".into(), "Bearer t".into())],
+        interval_ms: 1_000,
+        timeout_ms: 300,
+        jitter_percent: 10,
+        max_backoff_ms: 8_000,
+    }
+}
+
+fn plain_config() -> SourceConfig {
+    SourceConfig {
+        format: Format::Graylane,
+        path: "/rules".into(),
+        ..etcd_config()
+    }
+}
+
+fn doc(weight: u32) -> String {
+    format!(
+        r#"{{"services":[{{"name":"b","default":"stable","subsets":[{{"name":"stable","cluster":"b-stable"}},{{"name":"canary","cluster":"b-canary","weight":{weight}}}]}}]}}"#
+    )
+}
+
+fn etcd_reply(revision: u64, value: &str) -> CalloutResponse {
+    CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: format!(
+            r#"{{"header":{{"revision":"{revision}"}},"kvs":[{{"key":"L2dsL3J1bGVz","mod_revision":"{revision}","value":"{}"}}],"count":"1"}}"#,
+            base64_encode(value.as_bytes())
+        )
+        .into_bytes(),
+    }
+}
+
+fn etcd_unchanged() -> CalloutResponse {
+    CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: br#"{"header":{"revision":"9"},"count":"1"}"#.to_vec(),
+    }
+}
+
+fn canary_weight(installed: &Installed) -> u32 {
+    installed.rules.services[0].subsets[1].weight
+}
+
+fn body_text(request: &CalloutRequest) -> String {
+    String::from_utf8(request.body.clone().unwrap_or_default()).unwrap()
+}
+
+#[test]
+fn etcd_fetch_then_conditional_refresh() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 1);
+    assert!(worker.on_tick(&mut world.host()).is_none());
+    let (token, request) = world.last_call();
+    assert_eq!(request.upstream, "etcd");
+    assert!(request
+        .headers
+        .contains(&(":method".to_string(), "POST".to_string())));
+    assert!(request
+        .headers
+        .contains(&("authorization".to_string(), "Bearer t".to_string())));
+    assert_eq!(body_text(&request), r#"{"key":"L2dsL3J1bGVz"}"#);
+    assert!(matches!(worker.state(), FetchState::InFlight { .. }));
+
+    // A second tick while in flight sends nothing more.
+    world.advance(100);
+    worker.on_tick(&mut world.host());
+    assert_eq!(world.calls.borrow().len(), 1);
+
+    let installed = worker
+        .on_response(&mut world.host(), token, &etcd_reply(5, &doc(30)))
+        .expect("rules");
+    assert_eq!(canary_weight(&installed), 3000);
+    assert_eq!(installed.version, 5);
+    assert_eq!(installed.generation, 1);
+    assert_eq!(world.gauges.borrow()["graylane_source_version"], 5);
+    assert_eq!(worker.state(), &FetchState::Idle);
+
+    // Not due before the (jittered) interval.
+    world.advance(850);
+    worker.on_tick(&mut world.host());
+    assert_eq!(world.calls.borrow().len(), 1);
+    world.advance(300);
+    worker.on_tick(&mut world.host());
+    assert_eq!(world.calls.borrow().len(), 2);
+    let (token, request) = world.last_call();
+    assert_eq!(
+        body_text(&request),
+        r#"{"key":"L2dsL3J1bGVz","min_mod_revision":"6"}"#
+    );
+    assert!(worker
+        .on_response(&mut world.host(), token, &etcd_unchanged())
+        .is_none());
+    assert_eq!(world.counter("graylane_source_not_modified_total"), 1);
+    assert_eq!(world.counter("graylane_source_fetches_total"), 2);
+    assert_eq!(world.counter("graylane_source_updates_total"), 1);
+    assert_eq!(worker.generation(), 1);
+}
+
+#[test]
+fn one_fetch_per_interval_for_the_whole_gateway() {
+    let world = World::default();
+    world.now.set(5_000);
+    let mut workers: Vec<Fetcher> = (0..4)
+        .map(|seed| Fetcher::new(etcd_config(), base(), seed))
+        .collect();
+    let mut revision = 10;
+    let mut answered = 0;
+    let mut adopted = vec![0u64; workers.len()];
+    // 20 simulated seconds, ticking every 50 ms; each in-flight fetch is
+    // answered on the next tick with a new revision.
+    for _ in 0..400 {
+        world.advance(50);
+        let pending = world.calls.borrow().len();
+        if pending > answered {
+            let (token, _) = world.last_call();
+            answered = pending;
+            revision += 1;
+            let reply = etcd_reply(revision, &doc(revision as u32 % 100));
+            let mut installed = 0;
+            for worker in &mut workers {
+                if worker
+                    .on_response(&mut world.host(), token, &reply)
+                    .is_some()
+                {
+                    installed += 1;
+                }
+            }
+            assert_eq!(installed, 1, "exactly the worker that asked installs");
+        }
+        for (index, worker) in workers.iter_mut().enumerate() {
+            if worker.on_tick(&mut world.host()).is_some() {
+                adopted[index] += 1;
+            }
+        }
+    }
+    let fetches = world.calls.borrow().len();
+    assert!(
+        (17..=23).contains(&fetches),
+        "20 s at a 1 s interval (±10% jitter) is about 20 fetches for the gateway, got {fetches}"
+    );
+    // Whoever fetched, every worker ends on the newest document, and the
+    // workers that did not fetch it adopted it from the store.
+    let newest = world.counter("graylane_source_updates_total");
+    assert_eq!(newest as usize, fetches);
+    for worker in &mut workers {
+        worker.on_tick(&mut world.host());
+        assert_eq!(worker.generation(), newest);
+    }
+    assert!(
+        adopted.iter().filter(|count| **count > 0).count() >= 3,
+        "{adopted:?}"
+    );
+}
+
+#[test]
+fn failures_keep_the_rules_log_once_and_back_off() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 7);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    assert!(worker
+        .on_response(&mut world.host(), token, &etcd_reply(3, &doc(10)))
+        .is_some());
+
+    let failures = [
+        CalloutResponse::default(),
+        CalloutResponse::default(),
+        CalloutResponse {
+            status: Some(500),
+            ..CalloutResponse::default()
+        },
+        CalloutResponse {
+            status: Some(200),
+            body: b"<html>garbage".to_vec(),
+            ..CalloutResponse::default()
+        },
+        etcd_reply(4, "this is not json"),
+        etcd_reply(4, "this is not json"),
+        etcd_reply(5, &doc(250)),
+        etcd_reply(6, &doc(250)),
+    ];
+    let mut gaps = Vec::new();
+    let mut last_start = world.now.get();
+    for reply in &failures {
+        // Tick until the fetcher starts again.
+        let before = world.calls.borrow().len();
+        while world.calls.borrow().len() == before {
+            world.advance(10);
+            assert!(worker.on_tick(&mut world.host()).is_none());
+        }
+        let now = world.now.get();
+        gaps.push(now - last_start);
+        last_start = now;
+        let (token, _) = world.last_call();
+        assert!(worker
+            .on_response(&mut world.host(), token, reply)
+            .is_none());
+        assert!(matches!(worker.state(), FetchState::Backoff { .. }));
+    }
+    assert_eq!(worker.generation(), 1, "the good rules stay in force");
+    assert_eq!(world.counter("graylane_source_failures_total"), 8);
+    assert_eq!(world.counter("graylane_source_rejected_total"), 4);
+    // One warning per change of reason: no response, 500, garbage, not-JSON
+    // document, invalid document at revision 5 … but revision 6 carries the
+    // same refusal text.
+    let warnings = world.warnings();
+    assert_eq!(warnings.len(), 5, "{warnings:#?}");
+    assert!(warnings[0].contains("no response"));
+    assert!(warnings[1].contains("HTTP status 500"));
+    assert!(warnings[2].contains("unexpected etcd reply: not JSON"));
+    assert!(warnings[3].contains("document refused: $: not valid JSON"));
+    assert!(warnings[4].contains("services[0].subsets[1].weight"));
+    // Backoff: roughly 1, 2, 4, 8, 8… seconds (±10%), capped at 8 s.
+    for (index, gap) in gaps.iter().enumerate().skip(1) {
+        let expected = (1_000u64 << index.saturating_sub(1).min(3)).min(8_000);
+        let low = expected * 89 / 100;
+        let high = expected.min(8_000) * 111 / 100;
+        assert!(
+            (low..=high).contains(gap) && *gap <= 8_000 + 20,
+            "gap {index} is {gap} ms, expected about {expected}: {gaps:?}"
+        );
+    }
+
+    // Recovery: logged once, the counter of failures resets.
+    let before = world.calls.borrow().len();
+    while world.calls.borrow().len() == before {
+        world.advance(10);
+        worker.on_tick(&mut world.host());
+    }
+    let (token, _) = world.last_call();
+    let installed = worker
+        .on_response(&mut world.host(), token, &etcd_reply(7, &doc(40)))
+        .expect("recovered");
+    assert_eq!(canary_weight(&installed), 4000);
+    assert!(world
+        .logs
+        .borrow()
+        .iter()
+        .any(|(_, message)| message.contains("answering again")));
+    assert_eq!(worker.state(), &FetchState::Idle);
+}
+
+#[test]
+fn a_lost_callout_is_given_up_after_timeout_and_grace() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 3);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    world.advance(300 + 400);
+    worker.on_tick(&mut world.host());
+    assert!(matches!(worker.state(), FetchState::InFlight { .. }));
+    world.advance(200);
+    worker.on_tick(&mut world.host());
+    assert!(matches!(
+        worker.state(),
+        FetchState::Backoff { failures: 1, .. }
+    ));
+    assert!(world.warnings()[0].contains("no answer from the host"));
+    // The late answer is ignored.
+    assert!(worker
+        .on_response(&mut world.host(), token, &etcd_reply(2, &doc(1)))
+        .is_none());
+    assert_eq!(worker.generation(), 0);
+}
+
+#[test]
+fn refused_dispatch_backs_off_without_panicking() {
+    let world = World::default();
+    world.refuse_dispatch.set(true);
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 3);
+    worker.on_tick(&mut world.host());
+    assert!(matches!(worker.state(), FetchState::Backoff { .. }));
+    assert!(world.warnings()[0].contains("cannot send the request: no such cluster"));
+    world.advance(100);
+    worker.on_tick(&mut world.host());
+    assert_eq!(world.warnings().len(), 1, "logged once");
+}
+
+#[test]
+fn plain_endpoint_uses_etag_and_body_hash() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(plain_config(), base(), 3);
+    worker.on_tick(&mut world.host());
+    let (token, request) = world.last_call();
+    assert!(request.body.is_none());
+    assert!(!request
+        .headers
+        .iter()
+        .any(|(name, _)| name == "if-none-match"));
+    let reply = CalloutResponse {
+        status: Some(200),
+        headers: vec![("etag".into(), b"\"v1\"".to_vec())],
+        body: doc(20).into_bytes(),
+    };
+    let installed = worker
+        .on_response(&mut world.host(), token, &reply)
+        .expect("rules");
+    assert_eq!(
+        installed.version, 1,
+        "no version in the document: generation"
+    );
+
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, request) = world.last_call();
+    assert!(request
+        .headers
+        .contains(&("if-none-match".to_string(), "\"v1\"".to_string())));
+    let not_modified = CalloutResponse {
+        status: Some(304),
+        ..CalloutResponse::default()
+    };
+    assert!(worker
+        .on_response(&mut world.host(), token, &not_modified)
+        .is_none());
+
+    // A server without ETags: the body hash stands in.
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    let body = format!(r#"{{"version":42,{}"#, doc(60).trim_start_matches('{'));
+    let reply = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: body.clone().into_bytes(),
+    };
+    let installed = worker
+        .on_response(&mut world.host(), token, &reply)
+        .expect("rules");
+    assert_eq!(installed.version, 42);
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    assert!(worker
+        .on_response(&mut world.host(), token, &reply)
+        .is_none());
+    assert_eq!(world.counter("graylane_source_not_modified_total"), 2);
+    assert_eq!(world.counter("graylane_source_updates_total"), 2);
+}
+
+#[test]
+fn missing_etcd_key_is_a_failure() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 3);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    let reply = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: br#"{"header":{"revision":"9"}}"#.to_vec(),
+    };
+    assert!(worker
+        .on_response(&mut world.host(), token, &reply)
+        .is_none());
+    assert!(world.warnings()[0].contains("the etcd key does not exist"));
+}
+
+#[test]
+fn request_path_refresh_for_hosts_without_ticks() {
+    // APISIX: one fetcher per worker, a local store, refresh started from a
+    // request when the rules are older than the interval.
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(plain_config(), base(), 3);
+    assert!(worker.on_request(&mut world.host()));
+    assert!(
+        !worker.on_request(&mut world.host()),
+        "one in flight at most"
+    );
+    let (token, _) = world.last_call();
+    let reply = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: doc(5).into_bytes(),
+    };
+    assert!(worker
+        .on_response(&mut world.host(), token, &reply)
+        .is_some());
+    world.advance(500);
+    assert!(!worker.on_request(&mut world.host()), "not due yet");
+    world.advance(700);
+    assert!(worker.on_request(&mut world.host()));
+}
+
+#[test]
+fn a_fresh_worker_adopts_the_stored_document() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(etcd_config(), base(), 3);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    assert!(worker
+        .on_response(&mut world.host(), token, &etcd_reply(2, &doc(1)))
+        .is_some());
+    let mut fresh = Fetcher::new(etcd_config(), base(), 4);
+    let adopted = fresh.sync(&mut world.host()).expect("adopted");
+    assert_eq!(adopted.generation, 1);
+    assert_eq!(adopted.version, 2);
+    assert_eq!(canary_weight(&adopted), 100);
+    assert!(fresh.sync(&mut world.host()).is_none(), "only once");
+    // Another source configuration does not see it.
+    let mut other = Fetcher::new(plain_config(), base(), 5);
+    assert!(other.sync(&mut world.host()).is_none());
+}
+
+/// Whatever the control plane answers, the fetcher neither panics nor puts
+/// anything but a valid document in force.
+#[test]
+fn arbitrary_answers_never_panic() {
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pieces: [&[u8]; 12] = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"kvs\":",
+        b"\"count\":\"1\"",
+        b"\"value\":\"e30=\"",
+        b"\"mod_revision\":\"x\"",
+        b"\"services\":",
+        b",",
+        b"\xff\xfe",
+        b"null",
+    ];
+    for format in [etcd_config(), plain_config()] {
+        let world = World::default();
+        world.now.set(1_000);
+        let mut worker = Fetcher::new(format, base(), 9);
+        for _ in 0..2_000 {
+            world.advance(10_000);
+            worker.on_tick(&mut world.host());
+            let Some((token, _)) = world.calls.borrow().last().cloned() else {
+                continue;
+            };
+            let mut body = Vec::new();
+            for _ in 0..(next() % 12) {
+                body.extend_from_slice(pieces[(next() % 12) as usize]);
+            }
+            let status = match next() % 5 {
+                0 => None,
+                1 => Some(304),
+                2 => Some((next() % 600) as u16),
+                _ => Some(200),
+            };
+            let headers = if next() % 2 == 0 {
+                vec![("etag".to_string(), body.clone())]
+            } else {
+                vec![]
+            };
+            let response = CalloutResponse {
+                status,
+                headers,
+                body,
+            };
+            if let Some(installed) = worker.on_response(&mut world.host(), token, &response) {
+                // Only a document that compiles gets here.
+                assert!(installed.rules.services.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Live rules: fetching `services` from a control plane while the gateway
+//! runs. Nothing here depends on proxy-wasm: the fetcher talks to the gateway
+//! through the small traits below ([`Clock`], [`HttpCallout`],
+//! [`SharedStore`], [`Metrics`], [`Logger`]), which `plugin` implements with
+//! host calls and the tests implement with a fake clock and a fake host.
+//!
+//! - [`settings`]: the `source` section and the `apisix_mode` switch.
+//! - [`fetcher`]: the per-worker state machine, the gateway-wide lease and
+//!   the document hand-over between workers.
+//! - [`codec`]: base64 and a body hash.
+
+pub mod codec;
+#[cfg(test)]
+mod fake_host_tests;
+pub mod fetcher;
+pub mod settings;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::config;
+use crate::rules::Rules;
+
+pub use fetcher::{FetchState, Fetcher, Installed};
+pub use settings::{read_extensions, Extensions, Format, SourceConfig};
+
+/// Milliseconds since the Unix epoch (any monotonic-enough origin will do).
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+/// One HTTP request to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutRequest {
+    /// Envoy cluster (APISIX: `host:port`).
+    pub upstream: String,
+    /// Pseudo headers (`:method`, `:path`, `:authority`) first.
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+/// The control plane's answer. `status` is `None` when there was none: the
+/// connection failed, or the host's timeout struck.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CalloutResponse {
+    pub status: Option<u16>,
+    /// Names lower-case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutResponse {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+pub trait HttpCallout {
+    /// Sends the request; the answer comes later, tagged with the token.
+    fn dispatch(&mut self, request: &CalloutRequest) -> Result<u32, String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The value changed since it was read.
+    CasMismatch,
+    /// The host refused the call.
+    Unavailable(String),
+}
+
+/// Gateway-wide key/value memory with compare-and-swap (proxy-wasm shared
+/// data): what the workers of one gateway coordinate through.
+pub trait SharedStore {
+    /// The value and its CAS token.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    /// `cas == 0` writes unconditionally; otherwise only if the value still
+    /// has that CAS token.
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+}
+
+pub trait Metrics {
+    fn add(&mut self, counter: &str, delta: u64);
+    fn gauge(&mut self, gauge: &str, value: u64);
+}
+
+pub trait Logger {
+    fn log(&mut self, level: log::Level, message: &str);
+}
+
+/// Everything the fetcher needs from the gateway.
+pub trait Host: Clock + HttpCallout + SharedStore + Metrics + Logger {}
+impl<T: Clock + HttpCallout + SharedStore + Metrics + Logger> Host for T {}
+
+/// An in-process [`SharedStore`] with the same CAS rules as Envoy's shared
+/// data. Used where the host has no shared data (APISIX: one fetcher per
+/// worker) and by the tests.
+#[derive(Debug, Default)]
+pub struct LocalStore {
+    entries: BTreeMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl SharedStore for LocalStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self.entries.get(key).cloned())
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        if let Some((_, current)) = self.entries.get(key) {
+            if cas != 0 && cas != *current {
+                return Err(StoreError::CasMismatch);
+            }
+        }
+        self.next_cas = self.next_cas.wrapping_add(1).max(1);
+        self.entries
+            .insert(key.to_string(), (value.to_vec(), self.next_cas));
+        Ok(())
+    }
+}
+
+/// What a fetched document does not carry: it comes from the inline
+/// configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub cluster_header: String,
+    pub tag_header: String,
+    pub trust_tag: bool,
+}
+
+impl Base {
+    pub fn of(rules: &Rules) -> Self {
+        Base {
+            cluster_header: rules.cluster_header.clone(),
+            tag_header: rules.tag_header.clone(),
+            trust_tag: rules.trust_tag,
+        }
+    }
+}
+
+/// Compiles a fetched document: `{"services": [...]}`, with an optional
+/// integer `version` shown as the version gauge. Header names and
+/// `trust_tag` come from `base`; the document may not set them. The error
+/// names fields as JSON paths, as for the inline configuration.
+pub fn compile_fetched(base: &Base, body: &[u8]) -> Result<(Rules, Option<u64>), String> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        let mut text = error.to_string();
+        text.truncate(200);
+        format!("$: not valid JSON: {text}")
+    })?;
+    let Value::Object(object) = value else {
+        return Err("$: must be an object with services".into());
+    };
+    let mut problems = Vec::new();
+    let mut version = None;
+    let mut services = None;
+    for (key, value) in &object {
+        match key.as_str() {
+            "services" => services = Some(value.clone()),
+            "version" => match value.as_u64() {
+                Some(number) => version = Some(number),
+                None => problems.push(format!(
+                    "version: must be a non-negative integer, got {value}"
+                )),
+            },
+            _ if key.starts_with('_') => {}
+            "cluster_header" | "tag_header" | "trust_tag" | "source" | "apisix_mode" => problems
+                .push(format!(
+                    "{key}: comes from the plugin configuration, not from the rules source"
+                )),
+            _ => problems.push(format!(
+                "{key}: unknown field; expected one of: services, version"
+            )),
+        }
+    }
+    let Some(services) = services else {
+        problems.push("services: is required".into());
+        return Err(problems.join("; "));
+    };
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let mut document = Map::new();
+    document.insert(
+        "cluster_header".into(),
+        Value::String(base.cluster_header.clone()),
+    );
+    document.insert("tag_header".into(), Value::String(base.tag_header.clone()));
+    document.insert("trust_tag".into(), Value::Bool(base.trust_tag));
+    document.insert("services".into(), services);
+    config::compile_value(&Value::Object(document))
+        .map(|rules| (rules, version))
+        .map_err(|errors| errors.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Base {
+        Base {
+            cluster_header: "x-c".into(),
+            tag_header: "x-t".into(),
+            trust_tag: false,
+        }
+    }
+
+    #[test]
+    fn fetched_document_keeps_the_inline_headers() {
+        let (rules, version) = compile_fetched(
+            &base(),
+            br#"{"version":7,"services":[{"name":"b","default":"s","subsets":[{"name":"s","cluster":"c"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(version, Some(7));
+        assert_eq!(rules.cluster_header, "x-c");
+        assert_eq!(rules.tag_header, "x-t");
+        assert!(!rules.trust_tag);
+        assert_eq!(rules.services.len(), 1);
+    }
+
+    #[test]
+    fn fetched_document_refusals_name_the_field() {
+        let error = compile_fetched(&base(), b"not json").unwrap_err();
+        assert!(error.starts_with("$: not valid JSON"), "{error}");
+        let error = compile_fetched(&base(), b"[]").unwrap_err();
+        assert!(error.starts_with("$: must be an object"), "{error}");
+        let error = compile_fetched(&base(), br#"{"servics":[]}"#).unwrap_err();
+        assert!(error.contains("servics: unknown field"), "{error}");
+        assert!(error.contains("services: is required"), "{error}");
+        let error = compile_fetched(
+            &base(),
+            br#"{"services":[{"name":"b","default":"s","subsets":[{"name":"s","cluster":"c","weight":101}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            error.starts_with("services[0].subsets[0].weight: must be between 0 and 100"),
+            "{error}"
+        );
+        let error =
+            compile_fetched(&base(), br#"{"cluster_header":"x","services":[]}"#).unwrap_err();
+        assert!(
+            error.starts_with("cluster_header: comes from the plugin"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn local_store_compare_and_swap() {
+        let mut store = LocalStore::default();
+        assert_eq!(store.get("k"), Ok(None));
+        store.set("k", b"1", 0).unwrap();
+        let (_, cas) = store.get("k").unwrap().unwrap();
+        store.set("k", b"2", cas).unwrap();
+        assert_eq!(store.set("k", b"3", cas), Err(StoreError::CasMismatch));
+        assert_eq!(store.get("k").unwrap().unwrap().0, b"2");
+    }
+}

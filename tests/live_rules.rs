@@ -1,0 +1,732 @@
+//! Live rules against real control planes: a real etcd (v3 JSON gateway) and
+//! a plain rules endpoint served in-process, the plugin in a real Envoy (see
+//! `tests/support/mod.rs`). Needs `etcd` (`/usr/bin/etcd` or on `PATH`,
+//! Debian package `etcd-server`) and Envoy: the tests fail without them.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+// ---------------------------------------------------------------------------
+// etcd
+// ---------------------------------------------------------------------------
+
+fn etcd_bin() -> PathBuf {
+    let fixed = PathBuf::from("/usr/bin/etcd");
+    if fixed.is_file() {
+        return fixed;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("etcd"))
+                .find(|candidate| candidate.is_file())
+        })
+        .expect("no etcd found (install the Debian package etcd-server): the live-rules tests need a real etcd")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd on free loopback ports with a temporary data directory.
+struct Etcd {
+    child: Option<Child>,
+    client: SocketAddr,
+    peer: u16,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    fn start(label: &str) -> Etcd {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("etcd-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut etcd = Etcd {
+            child: None,
+            client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer: free_port(),
+            dir,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let client_url = format!("http://{}", self.client);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let child = Command::new(etcd_bin())
+            .args(["--name", "graylane-test"])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("graylane-test={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start etcd");
+        self.child = Some(child);
+        let started = Instant::now();
+        while http_post(self.client, "/v3/kv/range", r#"{"key":"AA=="}"#).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "etcd did not come up; its log:\n{}",
+                fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Puts `value` at `key`; returns the new revision.
+    fn put(&self, key: &str, value: &str) -> u64 {
+        let body = json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())});
+        let (status, reply) = http_post(self.client, "/v3/kv/put", &body.to_string()).unwrap();
+        assert_eq!(status, 200, "etcd put: {reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        reply["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    graylane::source::codec::base64_encode(data)
+}
+
+/// One HTTP/1.1 POST on a fresh connection; status and body.
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+// ---------------------------------------------------------------------------
+// A plain rules endpoint the test controls
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Serve {
+    /// 200 with this document and ETag; 304 when the ETag is presented.
+    Good {
+        document: String,
+        etag: String,
+    },
+    Status(u16),
+    Garbage,
+    /// A JSON document the validator refuses.
+    Invalid,
+    /// Answers this document only after `delay`.
+    Slow {
+        delay: Duration,
+        document: String,
+    },
+    /// Closes the connection without answering.
+    Hangup,
+}
+
+struct RulesServer {
+    addr: SocketAddr,
+    serve: Arc<Mutex<Serve>>,
+    requests: Arc<AtomicUsize>,
+    not_modified: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RulesServer {
+    fn start(first: Serve) -> RulesServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = RulesServer {
+            addr: listener.local_addr().unwrap(),
+            serve: Arc::new(Mutex::new(first)),
+            requests: Arc::new(AtomicUsize::new(0)),
+            not_modified: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (serve, requests, not_modified, stop) = (
+            Arc::clone(&server.serve),
+            Arc::clone(&server.requests),
+            Arc::clone(&server.not_modified),
+            Arc::clone(&server.stop),
+        );
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (serve, requests, not_modified) = (
+                    Arc::clone(&serve),
+                    Arc::clone(&requests),
+                    Arc::clone(&not_modified),
+                );
+                thread::spawn(move || {
+                    let _ = serve_rules(stream, &serve, &requests, &not_modified);
+                });
+            }
+        });
+        server
+    }
+
+    fn set(&self, serve: Serve) {
+        *self.serve.lock().unwrap() = serve;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RulesServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_rules(
+    stream: TcpStream,
+    serve: &Mutex<Serve>,
+    requests: &AtomicUsize,
+    not_modified: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut if_none_match = None;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(());
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("if-none-match") {
+                    if_none_match = Some(value.trim().to_string());
+                }
+            }
+        }
+        requests.fetch_add(1, Ordering::Relaxed);
+        let mode = serve.lock().unwrap().clone();
+        let (status, etag, body) = match mode {
+            Serve::Good { document, etag } => {
+                if if_none_match.as_deref() == Some(etag.as_str()) {
+                    not_modified.fetch_add(1, Ordering::Relaxed);
+                    (304, Some(etag), String::new())
+                } else {
+                    (200, Some(etag), document)
+                }
+            }
+            Serve::Status(code) => (code, None, "control plane down".to_string()),
+            Serve::Garbage => (200, None, "<html>\u{1f4a5} not json".to_string()),
+            Serve::Invalid => (200, None, bluegreen("blue", "green", 250.0).to_string()),
+            Serve::Slow { delay, document } => {
+                thread::sleep(delay);
+                (200, None, document)
+            }
+            Serve::Hangup => return Ok(()),
+        };
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        if let Some(etag) = etag {
+            head.push_str(&format!("etag: {etag}\r\n"));
+        }
+        head.push_str("\r\n");
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(body.as_bytes())?;
+        writer.flush()?;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Documents, gateway, traffic
+// ---------------------------------------------------------------------------
+
+const HOST: &str = "b.example.com";
+
+/// Service `b`: `live` is the default colour, `other` takes `weight` percent.
+fn bluegreen(live: &str, other: &str, weight: f64) -> Value {
+    json!({"services": [{
+        "name": "b",
+        "hosts": [HOST],
+        "default": live,
+        "subsets": [
+            {"name": live, "cluster": format!("b-{live}"), "bluegreen": live},
+            {"name": other, "cluster": format!("b-{other}"), "bluegreen": other, "weight": weight}
+        ]
+    }]})
+}
+
+/// A gateway whose inline rules send everything to blue, with `source`, and
+/// the `control` cluster pointing at the control plane.
+fn live_gateway(label: &str, source: Value, control: SocketAddr) -> Gateway {
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = source;
+    Gateway::start_with(label, &document, |config| {
+        config.cluster("control", control)
+    })
+}
+
+struct Traffic {
+    backends: BTreeMap<String, usize>,
+    failed: usize,
+}
+
+impl Traffic {
+    fn share(&self, backend: &str) -> f64 {
+        let total: usize = self.backends.values().sum();
+        *self.backends.get(backend).unwrap_or(&0) as f64 / total.max(1) as f64
+    }
+}
+
+/// `count` requests for service `b`, spread over several connections (so
+/// over both Envoy workers).
+fn send(gateway: &Gateway, count: usize) -> Traffic {
+    let mut traffic = Traffic {
+        backends: BTreeMap::new(),
+        failed: 0,
+    };
+    let mut clients: Vec<Client> = (0..4).map(|_| gateway.client()).collect();
+    for index in 0..count {
+        let client = &mut clients[index % 4];
+        match client.try_send(&Request::get("/").host(HOST)) {
+            Ok(response) if response.status == 200 => {
+                let backend = response.header("x-echo-backend").unwrap_or_default();
+                *traffic.backends.entry(backend).or_default() += 1;
+            }
+            _ => traffic.failed += 1,
+        }
+    }
+    traffic
+}
+
+/// Sends traffic for `duration`, asserting every request reached `backend`.
+fn hold(gateway: &Gateway, duration: Duration, backend: &str, what: &str) -> usize {
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < duration {
+        let traffic = send(gateway, 20);
+        sent += 20;
+        assert_eq!(traffic.failed, 0, "{what}: requests failed");
+        assert_eq!(
+            traffic.backends.keys().collect::<Vec<_>>(),
+            vec![backend],
+            "{what}: routing changed"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    sent
+}
+
+/// Waits until the version gauge shows `version`, then one more tick for
+/// every worker to adopt it.
+fn wait_for_version(gateway: &Gateway, version: u64, interval_ms: u64) {
+    let started = Instant::now();
+    loop {
+        let seen = gateway.envoy.stat("wasmcustom.graylane_source_version");
+        if seen == version {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "version gauge stuck at {seen}, expected {version}; log:\n{}",
+            gateway.envoy.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(interval_ms / 2 + 100));
+}
+
+fn etcd_source(etcd: &Etcd, interval_ms: u64) -> Value {
+    json!({"format": "etcd", "cluster": "control", "key": "/graylane/b",
+           "authority": etcd.client.to_string(),
+           "interval_ms": interval_ms, "timeout_ms": 250, "max_backoff_ms": 1000})
+}
+
+fn log_count(gateway: &Gateway, needle: &str) -> usize {
+    gateway.envoy.log().matches(needle).count()
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn etcd_weight_change_moves_the_split_and_shows_in_stats() {
+    let etcd = Etcd::start("weight");
+    let gateway = live_gateway("live-weight", etcd_source(&etcd, 300), etcd.client);
+    // Inline rules serve until the first good fetch (the key is absent).
+    hold(
+        &gateway,
+        Duration::from_millis(500),
+        "b-blue",
+        "inline rules",
+    );
+    let green_before = gateway.backends["b-green"].requests();
+
+    let mut revision = 0;
+    for (weight, low, high) in [(30.0, 0.25, 0.35), (80.0, 0.75, 0.85)] {
+        revision = etcd.put(
+            "/graylane/b",
+            &bluegreen("blue", "green", weight).to_string(),
+        );
+        wait_for_version(&gateway, revision, 300);
+        let traffic = send(&gateway, 1000);
+        assert_eq!(traffic.failed, 0);
+        let share = traffic.share("b-green");
+        assert!(
+            (low..=high).contains(&share),
+            "weight {weight}: green share {share}"
+        );
+    }
+
+    // Unchanged key: etcd answers the min_mod_revision range without the
+    // value, and nothing is recompiled.
+    thread::sleep(Duration::from_millis(1200));
+    let stat = |name: &str| gateway.envoy.stat(&format!("wasmcustom.{name}"));
+    assert!(stat("graylane_source_not_modified_total") >= 2);
+    assert_eq!(stat("graylane_source_updates_total"), 2);
+    assert_eq!(stat("graylane_source_version"), revision);
+    assert!(stat("graylane_source_fetches_total") >= 5);
+    // The first fetches found no key: failures, not rejections.
+    assert!(stat("graylane_source_failures_total") >= 1);
+    assert_eq!(stat("graylane_source_rejected_total"), 0);
+    // Requests per service and subset, flushed on the tick.
+    let green = stat("graylane_requests_total.service.b.subset.green");
+    let blue = stat("graylane_requests_total.service.b.subset.blue");
+    let green_seen = gateway.backends["b-green"].requests() - green_before;
+    assert_eq!(green as usize, green_seen, "green counter vs backend");
+    assert!(blue > 500, "blue counter {blue}");
+    assert_eq!(log_count(&gateway, "the etcd key does not exist"), 1);
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+#[test]
+fn blue_green_flip_reaches_every_request_within_a_few_intervals() {
+    let etcd = Etcd::start("flip");
+    let interval = 500;
+    let revision = etcd.put("/graylane/b", &bluegreen("blue", "green", 0.0).to_string());
+    let gateway = live_gateway("live-flip", etcd_source(&etcd, interval), etcd.client);
+    wait_for_version(&gateway, revision, interval);
+    for (from, to) in [("blue", "green"), ("green", "blue")] {
+        hold(
+            &gateway,
+            Duration::from_millis(300),
+            &format!("b-{from}"),
+            "before the flip",
+        );
+        // Send continuously on four connections; record the last request
+        // routed the old way.
+        let flipped = Instant::now();
+        etcd.put("/graylane/b", &bluegreen(to, from, 0.0).to_string());
+        let mut last_old = Duration::ZERO;
+        let mut new_in_a_row = 0;
+        let mut failed = 0;
+        let mut clients: Vec<Client> = (0..4).map(|_| gateway.client()).collect();
+        let mut index = 0;
+        while new_in_a_row < 200 {
+            assert!(
+                flipped.elapsed() < Duration::from_secs(10),
+                "never switched"
+            );
+            index += 1;
+            match clients[index % 4].try_send(&Request::get("/").host(HOST)) {
+                Ok(response) if response.status == 200 => {
+                    if response.header("x-echo-backend").as_deref() == Some(&format!("b-{from}")) {
+                        last_old = flipped.elapsed();
+                        new_in_a_row = 0;
+                    } else {
+                        new_in_a_row += 1;
+                    }
+                }
+                _ => failed += 1,
+            }
+        }
+        assert_eq!(failed, 0, "requests failed during the flip");
+        assert!(
+            last_old < Duration::from_millis(4 * interval),
+            "{from}→{to}: the old colour still served {last_old:?} after the change"
+        );
+        eprintln!("flip {from}→{to}: last request to {from} after {last_old:?}");
+    }
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+#[test]
+fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
+    let good = bluegreen("green", "blue", 0.0).to_string();
+    let server = RulesServer::start(Serve::Good {
+        document: good.clone(),
+        etag: "\"g1\"".into(),
+    });
+    let interval = 300;
+    let source = json!({"cluster": "control", "path": "/rules", "interval_ms": interval,
+                        "timeout_ms": 200, "max_backoff_ms": 900,
+                        "headers": {"authorization": "Bearer test"}});
+    let gateway = live_gateway("live-faults", source, server.addr);
+    wait_for_version(&gateway, 1, interval);
+    hold(
+        &gateway,
+        Duration::from_millis(700),
+        "b-green",
+        "fetched rules",
+    );
+    assert!(
+        server.not_modified.load(Ordering::Relaxed) >= 1,
+        "the ETag was presented back"
+    );
+
+    // One fetch per interval for the whole gateway (main thread and two
+    // workers each run a fetcher): about 10 in 3 s, not 30 or more.
+    let before = server.requests();
+    thread::sleep(Duration::from_secs(3));
+    let fetched = server.requests() - before;
+    assert!((6..=14).contains(&fetched), "{fetched} fetches in 3 s");
+
+    let stat = |name: &str| gateway.envoy.stat(&format!("wasmcustom.{name}"));
+    let mut total = 0;
+    for (fault, serve, logged) in [
+        ("500", Serve::Status(500), "HTTP status 500"),
+        ("garbage", Serve::Garbage, "not valid JSON"),
+        ("invalid", Serve::Invalid, "services[0].subsets[1].weight"),
+        (
+            "slow",
+            Serve::Slow {
+                delay: Duration::from_millis(600),
+                document: bluegreen("blue", "green", 0.0).to_string(),
+            },
+            "rules source failing",
+        ),
+        ("hangup", Serve::Hangup, "rules source failing"),
+    ] {
+        let failures = stat("graylane_source_failures_total");
+        server.set(serve);
+        total += hold(&gateway, Duration::from_millis(2000), "b-green", fault);
+        assert!(
+            stat("graylane_source_failures_total") > failures,
+            "{fault}: counted as a failure"
+        );
+        assert!(
+            gateway.envoy.log().contains(logged),
+            "{fault}: logged ({logged})"
+        );
+    }
+    // Logged once per change of state, not once per poll.
+    assert_eq!(log_count(&gateway, "HTTP status 500"), 1);
+    assert_eq!(
+        log_count(&gateway, "services[0].subsets[1].weight"),
+        1,
+        "the invalid document"
+    );
+    assert!(stat("graylane_source_rejected_total") >= 2);
+    assert_eq!(
+        stat("graylane_source_version"),
+        1,
+        "still the first document"
+    );
+    eprintln!("{total} requests during the faults, none failed or moved");
+
+    // Recovery: a new document is followed.
+    server.set(Serve::Good {
+        document: bluegreen("blue", "green", 0.0).to_string(),
+        etag: "\"g2\"".into(),
+    });
+    wait_for_version(&gateway, 2, interval);
+    hold(
+        &gateway,
+        Duration::from_millis(500),
+        "b-blue",
+        "after recovery",
+    );
+    assert_eq!(log_count(&gateway, "rules source answering again"), 1);
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+#[test]
+fn etcd_down_keeps_the_last_good_rules() {
+    let mut etcd = Etcd::start("down");
+    let interval = 300;
+    let revision = etcd.put("/graylane/b", &bluegreen("green", "blue", 0.0).to_string());
+    let gateway = live_gateway("live-down", etcd_source(&etcd, interval), etcd.client);
+    wait_for_version(&gateway, revision, interval);
+    hold(
+        &gateway,
+        Duration::from_millis(500),
+        "b-green",
+        "fetched rules",
+    );
+
+    etcd.stop();
+    let sent = hold(
+        &gateway,
+        Duration::from_millis(2500),
+        "b-green",
+        "etcd down",
+    );
+    assert!(sent > 100);
+    eprintln!("{sent} requests while etcd was down, none failed or moved");
+    let log = gateway.envoy.log();
+    let failing = log.matches("rules source failing").count();
+    assert!(
+        (1..=2).contains(&failing),
+        "logged once per change of state, got {failing}:\n{log}"
+    );
+
+    etcd.spawn();
+    let revision = etcd.put("/graylane/b", &bluegreen("blue", "green", 0.0).to_string());
+    wait_for_version(&gateway, revision, interval);
+    hold(&gateway, Duration::from_millis(500), "b-blue", "etcd back");
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+#[test]
+fn apisix_mode_routes_inline_without_ticks_and_refreshes_from_requests() {
+    // Inline only: routes, and defines no metric (no host call APISIX lacks).
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["apisix_mode"] = json!(true);
+    let gateway = Gateway::start("apisix-inline", &document);
+    hold(
+        &gateway,
+        Duration::from_millis(300),
+        "b-blue",
+        "inline rules",
+    );
+    let stats = gateway.envoy.admin_get("/stats").unwrap().text();
+    assert!(!stats.contains("wasmcustom"), "no metric defined:\n{stats}");
+    drop(gateway);
+
+    // With a source: the request that finds the rules due fetches them.
+    let server = RulesServer::start(Serve::Good {
+        document: bluegreen("green", "blue", 0.0).to_string(),
+        etag: "\"a1\"".into(),
+    });
+    document["source"] = json!({"cluster": "control", "path": "/rules",
+                                "interval_ms": 300, "timeout_ms": 200});
+    let gateway = Gateway::start_with("apisix-source", &document, |config| {
+        config.cluster("control", server.addr)
+    });
+    let traffic = send(&gateway, 50);
+    assert_eq!(traffic.failed, 0);
+    assert!(
+        traffic.backends.get("b-green").copied().unwrap_or(0) >= 40,
+        "{:?}",
+        traffic.backends
+    );
+    let stats = gateway.envoy.admin_get("/stats").unwrap().text();
+    assert!(!stats.contains("wasmcustom"), "no metric defined");
+    // Idle: no ticks, so no fetch without requests.
+    let before = server.requests();
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(server.requests(), before, "fetched without a request");
+    // A slow control plane delays, but never fails, the refreshing request.
+    server.set(Serve::Slow {
+        delay: Duration::from_millis(500),
+        document: bluegreen("blue", "green", 0.0).to_string(),
+    });
+    hold(
+        &gateway,
+        Duration::from_millis(1500),
+        "b-green",
+        "slow source",
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+#[test]
+fn an_unknown_source_cluster_is_logged_and_the_inline_rules_serve() {
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = json!({"cluster": "no-such-cluster", "path": "/rules",
+                                "interval_ms": 200, "max_backoff_ms": 400});
+    let gateway = Gateway::start("unknown-cluster", &document);
+    hold(
+        &gateway,
+        Duration::from_millis(1500),
+        "b-blue",
+        "inline rules",
+    );
+    assert!(
+        gateway
+            .envoy
+            .stat("wasmcustom.graylane_source_failures_total")
+            >= 2
+    );
+    assert_eq!(
+        log_count(&gateway, "cannot send the request"),
+        1,
+        "logged once:\n{}",
+        gateway.envoy.log()
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}
