@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::config::ConfigError;
+
 /// How registry instances become a graylane service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryService {
@@ -50,6 +52,91 @@ impl RegistryService {
             .replace("{service}", &self.name)
             .replace("{subset}", subset)
     }
+}
+
+/// Reads `source.service` of a registry source: `{"name", "hosts"?,
+/// "path_prefix"?, "sticky"?, "cluster_template"?}`. The fields are checked
+/// now, when the plugin is configured, by compiling the service they would
+/// make with one stable subset; a refusal names `source.service.…`.
+pub fn read_service_settings(value: &Value) -> Result<RegistryService, Vec<ConfigError>> {
+    const PATH: &str = "source.service";
+    const FIELDS: &[&str] = &["name", "hosts", "path_prefix", "sticky", "cluster_template"];
+    let refuse = |path: &str, reason: String| {
+        vec![ConfigError {
+            path: path.to_string(),
+            reason,
+        }]
+    };
+    let Some(object) = value.as_object() else {
+        return Err(refuse(
+            PATH,
+            "must be an object with the service name".into(),
+        ));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !FIELDS.contains(&k.as_str()) && !k.starts_with('_'))
+    {
+        return Err(refuse(
+            &format!("{PATH}.{unknown}"),
+            format!("unknown field; expected one of: {}", FIELDS.join(", ")),
+        ));
+    }
+    let Some(name) = object
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
+        return Err(refuse(
+            &format!("{PATH}.name"),
+            "is required: the graylane service name".into(),
+        ));
+    };
+    let mut service = RegistryService::named(name);
+    if let Some(template) = object.get("cluster_template") {
+        match template.as_str() {
+            Some(text) if text.contains("{subset}") => service.cluster_template = text.to_string(),
+            _ => {
+                return Err(refuse(
+                    &format!("{PATH}.cluster_template"),
+                    "must be a string containing {subset}, such as \"{service}-{subset}\"".into(),
+                ))
+            }
+        }
+    }
+    let mut probe = Map::new();
+    probe.insert("name".into(), json!(name));
+    for field in ["hosts", "path_prefix", "sticky"] {
+        if let Some(value) = object.get(field) {
+            probe.insert(field.into(), value.clone());
+        }
+    }
+    probe.insert("default".into(), json!("stable"));
+    probe.insert(
+        "subsets".into(),
+        json!([{ "name": "stable", "cluster": service.cluster("stable") }]),
+    );
+    if let Err(errors) =
+        crate::config::compile_value(&json!({ "services": [Value::Object(probe)] }))
+    {
+        return Err(errors
+            .0
+            .into_iter()
+            .map(|error| ConfigError {
+                path: error.path.replacen("services[0]", PATH, 1),
+                reason: error.reason,
+            })
+            .collect());
+    }
+    service.hosts = object
+        .get("hosts")
+        .and_then(|h| serde_json::from_value(h.clone()).ok());
+    service.path_prefix = object
+        .get("path_prefix")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    service.sticky = object.get("sticky").cloned();
+    Ok(service)
 }
 
 /// One instance's labels, as the registry carried them.
@@ -434,6 +521,25 @@ mod tests {
             errors,
             "services[0].subsets[1].weight: must be between 0 and 100 (percent), got 120"
         );
+    }
+
+    #[test]
+    fn service_settings_are_checked_when_configured() {
+        let good = json!({"name": "b", "hosts": ["b.example.com"], "path_prefix": "/api/b", "sticky": {"header": "userid"}, "cluster_template": "outbound|80|{subset}|b"});
+        let service = read_service_settings(&good).unwrap();
+        assert_eq!(service.cluster("canary"), "outbound|80|canary|b");
+        assert_eq!(service.hosts, Some(vec!["b.example.com".to_string()]));
+        let cases = [
+            (json!({"hosts": ["x"]}), "source.service.name: is required: the graylane service name"),
+            (json!({"name": "b", "hosts": ["a.*.com"]}), "source.service.hosts[0]: \"a.*.com\": '*' is allowed only as a leading '*.'"),
+            (json!({"name": "b", "sticky": {"source_ip": false}}), "source.service.sticky.source_ip: must be true (leave sticky out for no sticky key)"),
+            (json!({"name": "b", "cluster_template": "{service}"}), "source.service.cluster_template: must be a string containing {subset}, such as \"{service}-{subset}\""),
+            (json!({"name": "b", "weight": 5}), "source.service.weight: unknown field; expected one of: name, hosts, path_prefix, sticky, cluster_template"),
+        ];
+        for (value, want) in cases {
+            let errors = read_service_settings(&value).unwrap_err();
+            assert_eq!(errors[0].to_string(), want);
+        }
     }
 
     #[test]

@@ -730,3 +730,95 @@ fn an_unknown_source_cluster_is_logged_and_the_inline_rules_serve() {
     );
     gateway.envoy.assert_no_wasm_errors();
 }
+
+/// A Consul health answer for service `b`: blue and green instances, `live`
+/// marking the default colour.
+fn consul_answer(live: &str) -> String {
+    let instance = |id: &str, colour: &str| {
+        let mut meta = json!({"bluegreen": colour});
+        if colour == live {
+            meta["live"] = json!("true");
+        }
+        json!({"Node": {"Node": "n1"}, "Service": {"ID": id, "Service": "b", "Meta": meta}, "Checks": []})
+    };
+    json!([
+        instance("b-1", "blue"),
+        instance("b-2", "blue"),
+        instance("b-3", "green")
+    ])
+    .to_string()
+}
+
+#[test]
+fn consul_service_meta_drives_a_blue_green_switch() {
+    let consul = RulesServer::start(Serve::Good {
+        document: consul_answer("blue"),
+        etag: "\"1\"".into(),
+    });
+    let source = json!({"format": "consul", "cluster": "control",
+        "path": "/v1/health/service/b?passing=true", "interval_ms": 300, "timeout_ms": 250,
+        "service": {"name": "b", "hosts": [HOST], "cluster_template": "b-{subset}"}});
+    let mut document = bluegreen("green", "blue", 0.0);
+    document["source"] = source;
+    let gateway = Gateway::start_with("consul", &document, |config| {
+        config.cluster("control", consul.addr)
+    });
+
+    // Inline rules say green; the registry says blue is live.
+    let started = Instant::now();
+    while send(&gateway, 20).share("b-blue") < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the registry's rules never took over"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    hold(
+        &gateway,
+        Duration::from_millis(900),
+        "b-blue",
+        "registry rules in force",
+    );
+
+    // Green becomes live in the registry: every request follows.
+    consul.set(Serve::Good {
+        document: consul_answer("green"),
+        etag: "\"2\"".into(),
+    });
+    let started = Instant::now();
+    loop {
+        let traffic = send(&gateway, 20);
+        assert_eq!(traffic.failed, 0, "no request fails during the switch");
+        if traffic.share("b-green") == 1.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the switch did not reach every request"
+        );
+    }
+    // A registry answer the rules cannot come from is refused; green stays.
+    consul.set(Serve::Good {
+        document: r#"[{"ServiceID":"x","ServiceMeta":{"bluegreen":"red"}}]"#.into(),
+        etag: "\"3\"".into(),
+    });
+    hold(
+        &gateway,
+        Duration::from_millis(1200),
+        "b-green",
+        "a refused registry answer",
+    );
+    assert_eq!(
+        log_count(&gateway, "bluegreen must be blue or green, got \"red\""),
+        1,
+        "{}",
+        gateway.envoy.log()
+    );
+    assert!(
+        gateway
+            .envoy
+            .stat("wasmcustom.graylane_source_rejected_total")
+            >= 1
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}

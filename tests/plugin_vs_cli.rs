@@ -4,7 +4,12 @@
 //! `graylane explain --json`, and both must equal the line's expectation.
 
 // A test may unwrap and index: a failure is what it is there to show.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -583,3 +583,106 @@ fn arbitrary_answers_never_panic() {
         }
     }
 }
+
+fn consul_reply(index: u64, canary_weight: &str) -> CalloutResponse {
+    CalloutResponse {
+        status: Some(200),
+        headers: vec![("x-consul-index".into(), index.to_string().into_bytes())],
+        body: format!(
+            r#"[{{"Service":{{"ID":"b-1","Meta":{{}}}}}},
+                {{"Service":{{"ID":"b-2","Meta":{{"canary":"true","weight":"{canary_weight}"}}}}}}]"#
+        )
+        .into_bytes(),
+    }
+}
+
+#[test]
+fn consul_meta_becomes_rules_and_unchanged_rules_are_not_recompiled() {
+    let world = World::default();
+    world.now.set(1_000);
+    let config = SourceConfig {
+        format: Format::Consul {
+            service: crate::registry::RegistryService::named("b"),
+        },
+        path: "/v1/health/service/b?passing=true".into(),
+        ..etcd_config()
+    };
+    let mut worker = Fetcher::new(config, base(), 5);
+    worker.on_tick(&mut world.host());
+    let (token, request) = world.last_call();
+    assert!(request.body.is_none());
+    assert!(request.headers.contains(&(
+        ":path".to_string(),
+        "/v1/health/service/b?passing=true".to_string()
+    )));
+    let installed = worker
+        .on_response(&mut world.host(), token, &consul_reply(17, "5"))
+        .expect("rules from the registry");
+    assert_eq!(
+        installed.version, 17,
+        "the Consul index is the version gauge"
+    );
+    let canary = installed.rules.services[0]
+        .subset_named("canary")
+        .expect("canary");
+    assert_eq!((canary.cluster.as_str(), canary.weight), ("b-canary", 500));
+
+    // Consul's index moved (a health check flapped) but the rules did not.
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    assert!(worker
+        .on_response(&mut world.host(), token, &consul_reply(18, "5"))
+        .is_none());
+    assert_eq!(world.counter(crate::metrics::SOURCE_NOT_MODIFIED), 1);
+
+    // Bad meta is refused and the rules in force stay.
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    assert!(worker
+        .on_response(&mut world.host(), token, &consul_reply(19, "half"))
+        .is_none());
+    assert_eq!(worker.generation(), 1);
+    assert_eq!(world.counter(crate::metrics::SOURCE_REJECTED), 1);
+    assert!(world
+        .warnings()
+        .iter()
+        .any(|w| w.contains("Consul: instance b-2: weight must be a number of percent")));
+
+    // The weight rises: new rules.
+    world.advance(20_000);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    let installed = worker
+        .on_response(&mut world.host(), token, &consul_reply(20, "50"))
+        .expect("new rules");
+    assert_eq!(
+        installed.rules.services[0]
+            .subset_named("canary")
+            .map(|s| s.weight),
+        Some(5_000)
+    );
+}
+
+#[test]
+fn registry_source_settings_are_refused_with_their_paths() {
+    let refusal = |source: &str| {
+        let document = format!(r#"{{"source":{source}}}"#);
+        super::settings::read_extensions(document.as_bytes())
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        refusal(r#"{"format":"consul","cluster":"consul","path":"/v1/health/service/b"}"#),
+        "source.service: is required for format \"consul\": {\"name\": …}"
+    );
+    assert_eq!(
+        refusal(r#"{"format":"nacos","cluster":"nacos","service":{"name":"u","path_prefix":"x"}}"#),
+        "source.service.path_prefix: must start with '/', got \"x\"; source.path: is required for format \"nacos\""
+    );
+    assert_eq!(
+        refusal(r#"{"format":"etcd","cluster":"etcd","key":"/k","service":{"name":"u"}}"#),
+        "source.service: is only for the formats \"consul\" and \"nacos\""
+    );
+}

@@ -31,6 +31,7 @@ use super::codec::{base64_decode, base64_encode, fnv1a64};
 use super::settings::{Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutRequest, CalloutResponse, Host, StoreError};
 use crate::metrics;
+use crate::registry;
 use crate::rules::Rules;
 
 /// Added to the callout timeout before a worker gives up on an answer the
@@ -387,6 +388,12 @@ impl Fetcher {
         let outcome = match &self.config.format {
             Format::Graylane => self.read_plain(response),
             Format::Etcd { .. } => self.read_etcd(response),
+            Format::Consul { service } => self.read_registry(response, "Consul", |body| {
+                registry::consul_document(body, service)
+            }),
+            Format::Nacos { service } => self.read_registry(response, "Nacos", |body| {
+                registry::nacos_document(body, service)
+            }),
         };
         self.finish(host, outcome)
     }
@@ -394,7 +401,7 @@ impl Fetcher {
     fn request(&self) -> CalloutRequest {
         let mut headers = Vec::new();
         let (method, body) = match &self.config.format {
-            Format::Graylane => ("GET", None),
+            Format::Graylane | Format::Consul { .. } | Format::Nacos { .. } => ("GET", None),
             Format::Etcd { key } => {
                 let mut body = format!("{{\"key\":\"{}\"", base64_encode(key.as_bytes()));
                 if let Some(revision) = self.known_revision() {
@@ -423,6 +430,9 @@ impl Fetcher {
             }
             Format::Etcd { .. } => {
                 headers.push(("content-type".into(), "application/json".into()));
+            }
+            Format::Consul { .. } | Format::Nacos { .. } => {
+                headers.push(("accept".into(), "application/json".into()));
             }
         }
         for (name, value) in &self.config.headers {
@@ -467,6 +477,43 @@ impl Fetcher {
             body: response.body.clone(),
             version,
             gauge: None,
+        }
+    }
+
+    /// A registry answer becomes a rules document here, once per fetch, and
+    /// is versioned by that document: health changes that leave the rules as
+    /// they were (an instance more or less of a subset) cost no recompile.
+    fn read_registry(
+        &self,
+        response: &CalloutResponse,
+        registry_name: &str,
+        translate: impl Fn(&[u8]) -> Result<Value, String>,
+    ) -> Outcome {
+        let Some(status) = response.status else {
+            return Outcome::Failed(Failure::NoResponse);
+        };
+        if !(200..300).contains(&status) {
+            return Outcome::Failed(Failure::Status(status));
+        }
+        let document = match translate(&response.body) {
+            Ok(document) => document.to_string().into_bytes(),
+            Err(why) => {
+                return Outcome::Failed(Failure::Rejected(format!("{registry_name}: {why}")))
+            }
+        };
+        let version = format!("registry:{:016x}", fnv1a64(&document));
+        if self.version.as_deref() == Some(version.as_str()) {
+            return Outcome::NotModified;
+        }
+        // Consul's index is a fine gauge: it rises with every change there.
+        let gauge = response
+            .header("x-consul-index")
+            .and_then(|index| std::str::from_utf8(index).ok())
+            .and_then(|index| index.trim().parse().ok());
+        Outcome::Document {
+            body: document,
+            version,
+            gauge,
         }
     }
 

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::{kind, ConfigError, ConfigErrors};
+use crate::registry::{read_service_settings, RegistryService};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
@@ -27,6 +28,12 @@ pub enum Format {
     /// etcd v3 JSON gateway: `POST /v3/kv/range` on one key whose value is
     /// the document.
     Etcd { key: String },
+    /// Consul's health or catalog answer for one service; instance meta
+    /// becomes the rules ([`crate::registry`]).
+    Consul { service: RegistryService },
+    /// Nacos's instance list for one service; `gray-tag: "true"` metadata
+    /// marks the gray instances.
+    Nacos { service: RegistryService },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +111,7 @@ const SOURCE_FIELDS: &[&str] = &[
     "authority",
     "headers",
     "key",
+    "service",
     "interval_ms",
     "timeout_ms",
     "jitter_percent",
@@ -148,15 +156,43 @@ fn read_source(object: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Op
                 None
             }
         },
+        "consul" | "nacos" => match object.get("service").map(read_service_settings) {
+            Some(Ok(service)) if format_name == "consul" => Some(Format::Consul { service }),
+            Some(Ok(service)) => Some(Format::Nacos { service }),
+            Some(Err(refusals)) => {
+                errors.extend(refusals);
+                None
+            }
+            None => {
+                push(
+                    errors,
+                    "source.service",
+                    format!("is required for format {format_name:?}: {{\"name\": …}}"),
+                );
+                None
+            }
+        },
         other => {
             push(
                 errors,
                 "source.format",
-                format!("must be \"graylane\" or \"etcd\", got {other:?}"),
+                format!("must be \"graylane\", \"etcd\", \"consul\" or \"nacos\", got {other:?}"),
             );
             None
         }
     };
+    if object.contains_key("service")
+        && !matches!(
+            format,
+            Some(Format::Consul { .. } | Format::Nacos { .. }) | None
+        )
+    {
+        push(
+            errors,
+            "source.service",
+            "is only for the formats \"consul\" and \"nacos\"",
+        );
+    }
     let cluster = match string_field(object, "cluster", errors) {
         Some(cluster) if !cluster.is_empty() => Some(cluster),
         Some(_) => {
@@ -180,13 +216,19 @@ fn read_source(object: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Op
             None
         }
         None if object.contains_key("path") => None,
-        None => match &format {
-            Some(Format::Etcd { .. }) => Some(ETCD_RANGE_PATH.to_string()),
-            Some(Format::Graylane) => {
-                push(errors, "source.path", "is required for format \"graylane\"");
+        // Keyed on the name, not the parsed format, so that a missing path
+        // is reported beside a refusal elsewhere in the format's settings.
+        None => match format_name.as_str() {
+            "etcd" => Some(ETCD_RANGE_PATH.to_string()),
+            "graylane" | "consul" | "nacos" => {
+                push(
+                    errors,
+                    "source.path",
+                    format!("is required for format {format_name:?}"),
+                );
                 None
             }
-            None => None,
+            _ => None,
         },
     };
     let authority = match string_field(object, "authority", errors) {
