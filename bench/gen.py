@@ -330,15 +330,15 @@ def cluster(name, upstream_port):
     }
 
 
-def gateway_config(services, variant, ports, graylane_wasm, minimal_wasm, lua_path):
+def gateway_config(services, variant, ports, graylane_wasm, minimal_wasm, lua_path, minimal_raw_wasm=None):
     gateway_port, upstream_port, admin_port = ports
     http_filters = []
     if variant == "native":
         vhosts = native_virtual_hosts(services)
     else:
         vhosts = cluster_header_virtual_hosts()
-    if variant in ("graylane", "minimal"):
-        wasm = graylane_wasm if variant == "graylane" else minimal_wasm
+    if variant in ("graylane", "minimal", "minimal-raw"):
+        wasm = {"graylane": graylane_wasm, "minimal": minimal_wasm, "minimal-raw": minimal_raw_wasm}[variant]
         configuration = json.dumps(graylane_document(services)) if variant == "graylane" else ""
         http_filters.append(
             {
@@ -346,8 +346,8 @@ def gateway_config(services, variant, ports, graylane_wasm, minimal_wasm, lua_pa
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                     "config": {
-                        "name": variant,
-                        "root_id": variant,
+                        "name": variant.split("-")[0],
+                        "root_id": variant.split("-")[0],
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
                             "value": configuration,
@@ -603,6 +603,7 @@ def main():
     parser.add_argument("--upstream-admin", type=int, default=28902)
     parser.add_argument("--graylane-wasm", default="graylane.wasm")
     parser.add_argument("--minimal-wasm", default="minimal.wasm")
+    parser.add_argument("--minimal-raw-wasm", default="minimal-raw.wasm")
     parser.add_argument("--rules-only", action="store_true", help="write bench/rules/ only")
     args = parser.parse_args()
 
@@ -623,10 +624,12 @@ def main():
         lua_path = os.path.join(out, "route.lua")
         with open(lua_path, "w") as f:
             f.write(lua_script(services))
-        for variant in ("native", "graylane", "lua", "minimal"):
+        for variant in ("native", "graylane", "lua", "minimal", "minimal-raw"):
             write_json(
                 os.path.join(out, f"{variant}.json"),
-                gateway_config(services, variant, args.ports, args.graylane_wasm, args.minimal_wasm, lua_path),
+                gateway_config(
+                    services, variant, args.ports, args.graylane_wasm, args.minimal_wasm, lua_path, args.minimal_raw_wasm
+                ),
             )
         with open(os.path.join(out, "wrk.lua"), "w") as f:
             f.write(wrk_script(reqs))

@@ -5,6 +5,8 @@
 #   bench/run.sh                      # full run: 5 rounds x 10 s, all sets (~25 min)
 #   bench/run.sh --rounds 1 --duration 3 --sets b    # a quick look
 #   bench/run.sh --check-only         # only check that every gateway routes as the contract says
+#   bench/run.sh --variants native,graylane,lua,minimal,minimal-raw,graylane-Oz
+#                                     # also the floor on the raw ABI (no SDK) and the -Oz module
 #
 # Any option is passed to bench/bench.py (see --help there). Needs Envoy
 # (ENVOY=path, default /tmp/envoy-venv/bin/envoy), wrk, wasm-opt (binaryen),
@@ -17,9 +19,15 @@ mkdir -p "$out"
 
 echo "== building graylane.wasm and the minimal filter" >&2
 cargo build --quiet --release --target wasm32-wasip1 --lib --no-default-features
-(cd bench/minimal-filter && cargo build --quiet --release --target wasm32-wasip1)
 graylane=$root/target/wasm32-wasip1/release/graylane.wasm
-minimal=$root/bench/minimal-filter/target/wasm32-wasip1/release/minimal_filter.wasm
+# Copies, so that rebuilding the floor during a run cannot swap the module.
+minimal=$out/minimal.wasm
+minimal_raw=$out/minimal-raw.wasm
+(cd bench/minimal-filter &&
+  cargo build --quiet --release --target wasm32-wasip1 &&
+  cp target/wasm32-wasip1/release/minimal_filter.wasm "$minimal" &&
+  cargo build --quiet --release --target wasm32-wasip1 --no-default-features &&
+  cp target/wasm32-wasip1/release/minimal_filter.wasm "$minimal_raw")
 
 # The features rustc enables by default for wasm32-wasip1; wasm-opt must be told.
 features="--enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue --enable-reference-types"
@@ -32,7 +40,8 @@ echo "== .wasm sizes (bytes)" >&2
 printf '%-28s %9s\n' graylane.wasm "$(stat -c %s "$graylane")" \
   "graylane.wasm, wasm-opt -Oz" "$(stat -c %s "$out/graylane.Oz.wasm")" \
   "graylane.wasm, wasm-opt -O3" "$(stat -c %s "$out/graylane.O3.wasm")" \
-  minimal_filter.wasm "$(stat -c %s "$minimal")" | tee "$out/sizes.txt" >&2
+  "minimal filter (SDK)" "$(stat -c %s "$minimal")" \
+  "minimal filter (raw ABI)" "$(stat -c %s "$minimal_raw")" | tee "$out/sizes.txt" >&2
 
-python3 bench/gen.py --graylane-wasm "$graylane" --minimal-wasm "$minimal"
+python3 bench/gen.py --graylane-wasm "$graylane" --minimal-wasm "$minimal" --minimal-raw-wasm "$minimal_raw"
 exec python3 bench/bench.py --graylane-wasm "$graylane" --sizes "$out/sizes.txt" "${modules[@]}" "$@"
