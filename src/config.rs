@@ -294,7 +294,7 @@ fn read_header_name(reader: &mut Reader<'_, '_>, field: &'static str, default: &
 
 /// A header the plugin reads or writes must be a plain HTTP token: a pseudo
 /// header such as `:path` cannot carry a cluster or a tag.
-fn check_header_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     const TOKEN_PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
     if name.is_empty() {
         return Err("must not be empty".into());

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{kind, ConfigError, ConfigErrors};
+use crate::config::{check_header_name, kind, ConfigError, ConfigErrors};
 use crate::registry::{read_service_settings, RegistryService};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
@@ -312,12 +312,8 @@ fn read_headers(
             for (name, value) in map {
                 let path = format!("source.headers.{name}");
                 let lower = name.to_ascii_lowercase();
-                if !is_token(&lower) {
-                    push(
-                        errors,
-                        &path,
-                        format!("{name:?} is not a valid header name"),
-                    );
+                if let Err(reason) = check_header_name(name) {
+                    push(errors, &path, reason);
                     continue;
                 }
                 if matches!(
@@ -350,14 +346,6 @@ fn read_headers(
         ),
     }
     headers
-}
-
-fn is_token(name: &str) -> bool {
-    const PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || PUNCTUATION.contains(c))
 }
 
 fn string_field(
