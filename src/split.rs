@@ -17,14 +17,20 @@ pub const BUCKETS: u32 = 10_000;
 /// MurmurHash3's 64-bit avalanche so that nearby keys ("user1", "user2") land
 /// in unrelated buckets.
 pub fn sticky_bucket(service: &str, key: &[u8]) -> u32 {
+    bucket_of(avalanche(fnv1a64(&[service.as_bytes(), &[0xff], key])))
+}
+
+/// 64-bit FNV-1a over `parts`, read as one byte stream. Also the content
+/// hash the rules source uses to tell an unchanged document.
+pub(crate) fn fnv1a64(parts: &[&[u8]]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    for &byte in service.as_bytes().iter().chain(&[0xff]).chain(key) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    bucket_of(avalanche(hash))
+    parts
+        .iter()
+        .flat_map(|part| part.iter())
+        .fold(OFFSET, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
 }
 
 fn avalanche(mut h: u64) -> u64 {

@@ -1,6 +1,5 @@
 //! Base64 (standard alphabet, padded), as etcd's JSON gateway encodes keys
-//! and values, and a 64-bit FNV-1a hash used to version bodies that come
-//! without an ETag.
+//! and values.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -53,15 +52,6 @@ pub fn base64_decode(input: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-pub fn fnv1a64(data: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in data {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]

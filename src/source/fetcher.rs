@@ -27,12 +27,13 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::codec::{base64_decode, base64_encode, fnv1a64};
+use super::codec::{base64_decode, base64_encode};
 use super::settings::{Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutRequest, CalloutResponse, Host, StoreError};
 use crate::metrics;
 use crate::registry;
 use crate::rules::Rules;
+use crate::split::fnv1a64;
 
 /// Added to the callout timeout before a worker gives up on an answer the
 /// host never delivered, and before another worker may take the lease over.
@@ -193,7 +194,7 @@ impl Fetcher {
     /// `seed` tells workers apart (any per-worker value: time, context id).
     pub fn new(config: SourceConfig, base: Base, seed: u64) -> Self {
         let identity = format!("{config:?}{base:?}");
-        let prefix = format!("graylane.source.{:016x}", fnv1a64(identity.as_bytes()));
+        let prefix = format!("graylane.source.{:016x}", fnv1a64(&[identity.as_bytes()]));
         let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
         if rng == 0 {
             rng = 1;
@@ -468,7 +469,7 @@ impl Fetcher {
             .and_then(|etag| std::str::from_utf8(etag).ok())
         {
             Some(etag) if !etag.is_empty() => format!("etag:{etag}"),
-            _ => format!("hash:{:016x}", fnv1a64(&response.body)),
+            _ => format!("hash:{:016x}", fnv1a64(&[&response.body])),
         };
         if self.version.as_deref() == Some(version.as_str()) {
             return Outcome::NotModified;
@@ -501,7 +502,7 @@ impl Fetcher {
                 return Outcome::Failed(Failure::Rejected(format!("{registry_name}: {why}")))
             }
         };
-        let version = format!("registry:{:016x}", fnv1a64(&document));
+        let version = format!("registry:{:016x}", fnv1a64(&[&document]));
         if self.version.as_deref() == Some(version.as_str()) {
             return Outcome::NotModified;
         }
