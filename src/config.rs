@@ -62,13 +62,17 @@ const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode"];
 
 /// Parses and compiles a plugin configuration.
 pub fn compile(document: &[u8]) -> Result<Rules, ConfigErrors> {
-    let value: Value = serde_json::from_slice(document).map_err(|error| {
+    compile_value(&parse_document(document)?)
+}
+
+/// The document as JSON, or the refusal naming the syntax error's place.
+pub fn parse_document(document: &[u8]) -> Result<Value, ConfigErrors> {
+    serde_json::from_slice(document).map_err(|error| {
         ConfigErrors(vec![ConfigError {
             path: "$".into(),
             reason: format!("not valid JSON: {error}"),
         }])
-    })?;
-    compile_value(&value)
+    })
 }
 
 /// Compiles a document that is already parsed (the command-line tool reads

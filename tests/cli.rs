@@ -179,6 +179,27 @@ fn check_detects_yaml_by_content_and_json_by_content() {
     assert!(run.stderr.contains(":11:11: services[0].subsets[1].weight"));
 }
 
+/// `check` takes a document through the plugin's own entry point: what
+/// the gateway would refuse in `source` or `apisix_mode`, it refuses too.
+#[test]
+fn check_refuses_what_the_plugin_refuses_beside_the_rules() {
+    let text = "{\n  \"apisix_mode\": \"yes\",\n  \"source\": {\"format\": \"etcd\", \"cluster\": \"etcd\",\n             \"key\": \"/k\", \"interval_ms\": 5},\n  \"services\": []\n}\n";
+    let file = scratch("bad-source.json", text);
+    let run = graylane(&["check", file.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("bad-source.json:2:3: apisix_mode: must be true or false, got a string"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("bad-source.json:4:27: source.interval_ms: must be an integer from 100 to 3600000, got 5"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn check_reports_syntax_errors_where_they_are() {
     let json = scratch(

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::locate::{self, Location, Locations};
-use crate::config;
 use crate::rules::Rules;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +139,10 @@ pub fn load_text(file: &Path, text: &str) -> Result<Document, LoadError> {
         refusals,
     };
     let value = parse(format, text).map_err(|refusal| refused(vec![refusal]))?;
-    match config::compile_value(&value) {
-        Ok(rules) => Ok(Document {
+    // The plugin's own entry point: `source` and `apisix_mode` are checked
+    // too, so what passes here passes the gateway.
+    match crate::source::configure_value(&value) {
+        Ok((rules, _)) => Ok(Document {
             file: file.to_path_buf(),
             format,
             value,

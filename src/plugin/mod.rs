@@ -20,7 +20,6 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::config;
 use crate::decision::{decide, HeaderEdit};
 use crate::metrics::RequestCounts;
 use crate::request::{ip_of_socket_address, parse_header_map, Request};
@@ -227,17 +226,10 @@ impl RootContext for GraylaneRoot {
                 return false;
             }
         };
-        let rules = config::compile(&document);
-        let extensions = source::read_extensions(&document);
-        let (rules, extensions) = match (rules, extensions) {
-            (Ok(rules), Ok(extensions)) => (rules, extensions),
-            (rules, extensions) => {
-                for error in rules
-                    .err()
-                    .into_iter()
-                    .chain(extensions.err())
-                    .flat_map(|errors| errors.0)
-                {
+        let (rules, extensions) = match source::configure(&document) {
+            Ok(configured) => configured,
+            Err(errors) => {
+                for error in errors.0 {
                     log::error!("graylane: configuration refused: {error}");
                 }
                 return false;

@@ -669,7 +669,7 @@ fn consul_meta_becomes_rules_and_unchanged_rules_are_not_recompiled() {
 fn registry_source_settings_are_refused_with_their_paths() {
     let refusal = |source: &str| {
         let document = format!(r#"{{"source":{source}}}"#);
-        super::settings::read_extensions(document.as_bytes())
+        super::settings::configure(document.as_bytes())
             .expect_err("refused")
             .to_string()
     };

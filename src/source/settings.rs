@@ -4,8 +4,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::{check_header_name, kind, ConfigError, ConfigErrors};
+use crate::config::{self, check_header_name, kind, ConfigError, ConfigErrors};
 use crate::registry::{read_service_settings, RegistryService};
+use crate::rules::Rules;
 
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
@@ -58,14 +59,34 @@ pub struct Extensions {
     pub apisix_mode: bool,
 }
 
-/// Reads `source` and `apisix_mode` from the plugin configuration. A
-/// document that is not a JSON object yields no extensions: the rules
-/// compiler already refuses it.
-pub fn read_extensions(document: &[u8]) -> Result<Extensions, ConfigErrors> {
-    let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(document) else {
-        return Ok(Extensions::default());
-    };
-    read_extensions_value(&root)
+/// The whole plugin configuration: the rules and what rides beside them
+/// (`source`, `apisix_mode`), with every refusal of either reported
+/// together. The plugin's `on_configure` and `graylane check` both take a
+/// document through here, so the command accepts exactly what the gateway
+/// accepts.
+pub fn configure(document: &[u8]) -> Result<(Rules, Extensions), ConfigErrors> {
+    configure_value(&config::parse_document(document)?)
+}
+
+/// As [`configure`], for a document already parsed (the command reads YAML).
+pub fn configure_value(value: &Value) -> Result<(Rules, Extensions), ConfigErrors> {
+    let rules = config::compile_value(value);
+    // A document that is not an object has no extensions to read: the rules
+    // compiler refuses it already.
+    let extensions = value
+        .as_object()
+        .map_or_else(|| Ok(Extensions::default()), read_extensions_value);
+    match (rules, extensions) {
+        (Ok(rules), Ok(extensions)) => Ok((rules, extensions)),
+        (rules, extensions) => Err(ConfigErrors(
+            rules
+                .err()
+                .into_iter()
+                .chain(extensions.err())
+                .flat_map(|errors| errors.0)
+                .collect(),
+        )),
+    }
 }
 
 pub fn read_extensions_value(root: &Map<String, Value>) -> Result<Extensions, ConfigErrors> {
@@ -408,7 +429,9 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Result<Extensions, String> {
-        read_extensions(text.as_bytes()).map_err(|errors| errors.to_string())
+        configure(text.as_bytes())
+            .map(|(_, extensions)| extensions)
+            .map_err(|errors| errors.to_string())
     }
 
     #[test]
@@ -476,7 +499,7 @@ mod tests {
             error.starts_with("source.intervall_ms: unknown field"),
             "{error}"
         );
-        let error = read(r#"{"apisix_mode":"yes"}"#).unwrap_err();
+        let error = read(r#"{"apisix_mode":"yes","services":[]}"#).unwrap_err();
         assert_eq!(error, "apisix_mode: must be true or false, got a string");
         let error = read(r#"{"source":[]}"#).unwrap_err();
         assert_eq!(error, "source: must be an object, got a list");
