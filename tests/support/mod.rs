@@ -775,6 +775,174 @@ impl Envoy {
     }
 }
 
+/// Envoy's worker threads in these tests (`--concurrency`).
+pub const WORKERS: usize = 2;
+
+impl Envoy {
+    /// Connections each worker has accepted on the listener so far, from
+    /// Envoy's per-worker listener statistics
+    /// (`listener.<address>.worker_<n>.downstream_cx_total`).
+    pub fn accepted_per_worker(&self) -> Vec<u64> {
+        // The listener's statistics are named after its configured address
+        // (port 0 here); the admin listener's are under `listener.admin.`.
+        let stats = self
+            .admin_get("/stats?filter=^listener\\..*\\.worker_[0-9]+\\.downstream_cx_total$")
+            .expect("the admin interface does not answer")
+            .text();
+        let mut accepted = vec![0; WORKERS];
+        for line in stats.lines().filter(|line| !line.starts_with("listener.admin.")) {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            let worker = name
+                .rsplit_once(".worker_")
+                .and_then(|(_, rest)| rest.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            if let (Some(worker), Ok(value)) = (worker, value.trim().parse::<u64>()) {
+                if let Some(slot) = accepted.get_mut(worker) {
+                    *slot += value;
+                }
+            }
+        }
+        accepted
+    }
+
+    /// A keep-alive connection that Envoy handed to `worker`. Which worker
+    /// accepts a connection is up to the kernel, so connections are opened
+    /// one at a time and each is kept only when the per-worker statistics say
+    /// it landed on `worker`. `probe` is sent on each new connection, so that
+    /// it is surely accepted before the statistics are read.
+    pub fn client_on_worker(&self, worker: usize, probe: &Request) -> Client {
+        for _ in 0..200 {
+            let before = self.accepted_per_worker();
+            let mut client = self.client();
+            if client.try_send(probe).is_err() {
+                continue;
+            }
+            let after = self.accepted_per_worker();
+            let landed: Vec<usize> = (0..WORKERS)
+                .filter(|&n| after[n] > before[n])
+                .collect();
+            if landed == [worker] {
+                return client;
+            }
+        }
+        panic!(
+            "no connection landed on worker {worker} in 200 tries; accepted per worker: {:?}",
+            self.accepted_per_worker()
+        );
+    }
+
+    /// One keep-alive connection on every worker.
+    pub fn worker_clients(&self, probe: &Request) -> WorkerClients<'_> {
+        WorkerClients {
+            envoy: self,
+            probe: probe.clone(),
+            clients: (0..WORKERS)
+                .map(|worker| self.client_on_worker(worker, probe))
+                .collect(),
+            transport_errors: 0,
+        }
+    }
+}
+
+/// One connection per Envoy worker, so that a test sees what every worker
+/// does, not only whichever answered. A connection Envoy closed is replaced by
+/// one on the same worker.
+pub struct WorkerClients<'e> {
+    envoy: &'e Envoy,
+    probe: Request,
+    clients: Vec<Client>,
+    /// Requests that got no response at all (connection reset, timeout).
+    pub transport_errors: usize,
+}
+
+/// What one worker answered last, for failure messages.
+#[derive(Debug, Clone)]
+pub struct WorkerAnswer {
+    pub worker: usize,
+    pub status: Option<u16>,
+    pub backend: Option<String>,
+    pub at: Duration,
+}
+
+impl WorkerClients<'_> {
+    /// Sends `request` on `worker`'s connection.
+    pub fn try_send(&mut self, worker: usize, request: &Request) -> io::Result<Response> {
+        let client = &mut self.clients[worker];
+        let opened = client.connections_opened();
+        let result = client.try_send(request);
+        if result.is_err() {
+            self.transport_errors += 1;
+        }
+        if client.connections_opened() != opened || result.is_err() {
+            // The connection was reopened (or broke): it may be on another
+            // worker now. The answer, if any, still counts; the next request
+            // goes over a connection that is surely on `worker`.
+            self.clients[worker] = self.envoy.client_on_worker(worker, &self.probe);
+        }
+        result
+    }
+
+    /// Sends `request` on every worker, one after the other.
+    pub fn send_to_all(&mut self, request: &Request) -> Vec<io::Result<Response>> {
+        (0..WORKERS)
+            .map(|worker| self.try_send(worker, request))
+            .collect()
+    }
+
+    /// Sends `request` on every worker, round and round, until each worker
+    /// has answered once with a response that satisfies `done`. Returns when
+    /// each worker first did, counted from the call. Adoption of new rules is
+    /// for good, so a worker that has answered is not asked again. Panics
+    /// after `deadline`, saying what each worker answered last, with the
+    /// plugin's log.
+    pub fn wait_every_worker(
+        &mut self,
+        what: &str,
+        request: &Request,
+        deadline: Duration,
+        mut done: impl FnMut(&Response) -> bool,
+    ) -> Vec<Duration> {
+        let started = Instant::now();
+        let mut reached: Vec<Option<Duration>> = vec![None; WORKERS];
+        let mut last: Vec<Option<WorkerAnswer>> = vec![None; WORKERS];
+        while reached.iter().any(Option::is_none) {
+            if started.elapsed() > deadline {
+                panic!(
+                    "{what}: not every worker got there within {deadline:?}; last answers: {last:?}\nEnvoy log ({}):\n{}",
+                    self.envoy.log_path().display(),
+                    tail(&self.envoy.log(), 60)
+                );
+            }
+            for worker in 0..WORKERS {
+                if reached[worker].is_some() {
+                    continue;
+                }
+                let response = self.try_send(worker, request);
+                let at = started.elapsed();
+                last[worker] = Some(WorkerAnswer {
+                    worker,
+                    status: response.as_ref().ok().map(|r| r.status),
+                    backend: response.as_ref().ok().and_then(|r| r.header("x-echo-backend")),
+                    at,
+                });
+                if response.as_ref().is_ok_and(&mut done) {
+                    reached[worker] = Some(at);
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        reached.into_iter().flatten().collect()
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1040,6 +1208,9 @@ pub struct Client {
     /// (any of 127.0.0.0/8 works on loopback).
     local: Option<std::net::IpAddr>,
     stream: Option<(BufReader<TcpStream>, TcpStream)>,
+    /// How many connections this client has opened: a reopened connection
+    /// may land on another Envoy worker.
+    opened: usize,
 }
 
 impl Client {
@@ -1048,6 +1219,7 @@ impl Client {
             addr,
             local: None,
             stream: None,
+            opened: 0,
         };
         client.open()?;
         Ok(client)
@@ -1059,6 +1231,7 @@ impl Client {
             addr,
             local: Some(local),
             stream: None,
+            opened: 0,
         };
         client.open()?;
         Ok(client)
@@ -1084,10 +1257,16 @@ impl Client {
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(Duration::from_secs(30)))?;
             self.stream = Some((BufReader::new(stream.try_clone()?), stream));
+            self.opened += 1;
         }
         self.stream
             .as_mut()
             .ok_or_else(|| io::Error::other("no connection"))
+    }
+
+    /// How many connections this client has opened so far.
+    pub fn connections_opened(&self) -> usize {
+        self.opened
     }
 
     /// Sends a request and reads the response; panics on an I/O error.
