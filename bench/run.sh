@@ -18,7 +18,7 @@ out=$root/bench/out
 mkdir -p "$out"
 
 echo "== building graylane.wasm and the minimal filter" >&2
-cargo build --quiet --release --target wasm32-wasip1 --lib --no-default-features
+cargo build --quiet --release --target wasm32-wasip1 -p graylane
 graylane=$root/target/wasm32-wasip1/release/graylane.wasm
 # Copies, so that rebuilding the floor during a run cannot swap the module.
 minimal=$out/minimal.wasm

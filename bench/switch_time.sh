@@ -38,7 +38,7 @@ ETCD="$(command -v etcd || echo /usr/bin/etcd)"
 
 echo "building the plugin…" >&2
 CARGO_TARGET_DIR="$ROOT/target/wasm-for-bench" cargo build --quiet --release \
-    --manifest-path "$ROOT/Cargo.toml" --target wasm32-wasip1 --lib --no-default-features
+    --manifest-path "$ROOT/Cargo.toml" --target wasm32-wasip1 -p graylane
 WASM="$ROOT/target/wasm-for-bench/wasm32-wasip1/release/graylane.wasm"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

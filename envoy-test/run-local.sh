@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the graylane demo on this machine without Docker: builds the plugin,
+# Runs the graylane demo on this machine without Docker: adds the wasm target
+# and installs Envoy when missing, builds the plugin,
 # starts the demo backends and Envoy on loopback, sends a few requests of each
 # kind plus a weighted split, prints where they went, and stops everything it
 # started. Run it from anywhere: ./envoy-test/run-local.sh
@@ -30,7 +31,12 @@ if [ ! -x "$envoy" ]; then
 fi
 
 echo "== building the plugin"
-cargo build --quiet --release --target wasm32-wasip1 --lib --no-default-features
+# The first command on a fresh machine: the wasm target may not be there yet.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  echo "== adding the wasm32-wasip1 target (rustup)"
+  rustup target add wasm32-wasip1
+fi
+cargo build --quiet --release --target wasm32-wasip1
 wasm="$repo/target/wasm32-wasip1/release/graylane.wasm"
 
 for port in "$listen_port" "$admin_port" 18181 18182 18183 18184 18185; do

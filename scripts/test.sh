@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs every test: clippy, the native
-# tests (unit, decision table, configuration errors, CLI, Envoy end-to-end,
-# live rules with a real etcd) and the decision code compiled to WebAssembly
-# under node. Safe to run again: each install step is skipped when done.
+# Installs what the tests need, then runs every test, in layers: clippy;
+# `cargo test` at the root (the core, the command and the plugin glue, which
+# need no gateway); the core compiled to WebAssembly under node; then the
+# tests with real gateways and control planes (Envoy, etcd). Safe to run
+# again: each install step is skipped when done.
 #
 # Tools go to .tools/ in the repository (Envoy in .tools/venv, the
 # wasm-bindgen test runner in .tools/bin); etcd comes from Debian's
@@ -44,11 +45,14 @@ export PATH=$tools/bin:$PATH
 export ENVOY_BIN=$tools/venv/bin/envoy
 
 step "clippy (unwrap, expect and panic are denied outside tests)"
-cargo clippy -q --all-targets -- -D warnings
-cargo clippy -q --lib --target wasm32-wasip1 --no-default-features -- -D warnings
+cargo clippy -q --workspace --all-targets -- -D warnings
+cargo clippy -q -p graylane -p graylane-core --target wasm32-wasip1 -- -D warnings
 
-step "native tests"
+step "tests without gateways: the core, the command, the plugin glue (plain cargo test)"
 cargo test
 
-step "the decision code as WebAssembly (release profile, as shipped), under node"
-cargo test --release --target wasm32-unknown-unknown --no-default-features --test wasm_decision
+step "the core as WebAssembly (release profile, as shipped), under node"
+cargo test -p graylane-core --release --target wasm32-unknown-unknown --test wasm_decision
+
+step "gateways and control planes: Envoy, etcd (package graylane-e2e in tests/)"
+cargo test -p graylane-e2e

@@ -10,7 +10,7 @@
     clippy::indexing_slicing
 )]
 
-mod support;
+
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -163,7 +163,7 @@ fn shipped_plugin_documents_compile_and_name_only_defined_clusters() {
     for path in shipped_configs() {
         let yaml = fs::read_to_string(&path).unwrap();
         let document = embedded_plugin_document(&yaml);
-        if let Err(errors) = graylane::config::compile(document.to_string().as_bytes()) {
+        if let Err(errors) = graylane_core::config::compile(document.to_string().as_bytes()) {
             panic!("{}: {errors}", path.display());
         }
         // Every cluster the plugin may write exists in the bootstrap, and the
@@ -179,4 +179,92 @@ fn shipped_plugin_documents_compile_and_name_only_defined_clusters() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// `graylane envoy`, validated by a real Envoy.
+
+fn validate(label: &str, config: &str) -> (bool, String) {
+    let validation = envoy_validate_as_is(label, config);
+    (validation.status.success(), validation.log)
+}
+
+#[test]
+fn envoy_configs_pass_envoy_validate() {
+    let wasm = wasm_path().to_str().unwrap();
+    for (name, file) in [
+        ("canary", "filters/examples/canary.json"),
+        ("bluegreen", "filters/examples/bluegreen.yaml"),
+        ("two-services", "filters/examples/two-services.yaml"),
+        ("test-rules", "tests/data/rules.json"),
+    ] {
+        let run = graylane(&[
+            "envoy",
+            file,
+            "--wasm",
+            wasm,
+            "--port",
+            "18080",
+            "--fallback-cluster",
+            "elsewhere",
+            "--admin-port",
+            "18901",
+        ]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let config: Value = serde_norway::from_str(&run.stdout).expect("the output is YAML");
+        let text = &run.stdout;
+        assert!(
+            text.contains("cluster_header: x-graylane-cluster"),
+            "{text}"
+        );
+        assert!(text.contains("present_match: true"));
+        assert!(text.contains("cluster: elsewhere"));
+        assert!(text.contains("port_value: 18080"));
+        let clusters = config["static_resources"]["clusters"].as_array().unwrap();
+        let document = graylane_cli::document::load(&repo_root().join(file)).unwrap();
+        let mut wanted: Vec<&str> = document
+            .rules
+            .services
+            .iter()
+            .flat_map(|s| s.subsets.iter().map(|s| s.cluster.as_str()))
+            .collect();
+        wanted.push("elsewhere");
+        for cluster in wanted {
+            assert!(
+                clusters.iter().any(|c| c["name"].as_str() == Some(cluster)),
+                "{name}: no cluster {cluster}"
+            );
+        }
+        let (ok, log) = validate(&format!("generated-{name}"), text);
+        assert!(ok, "{name}: envoy refused the config:\n{log}");
+        assert!(log.contains("OK"), "{log}");
+    }
+}
+
+#[test]
+fn envoy_validate_refuses_what_it_should() {
+    // The check above can fail: a missing plugin file is refused...
+    let run = graylane(&[
+        "envoy",
+        "filters/examples/canary.json",
+        "--wasm",
+        "/nonexistent/graylane.wasm",
+    ]);
+    assert_eq!(run.code, 0);
+    let (ok, log) = validate("generated-missing-wasm", &run.stdout);
+    assert!(!ok, "envoy accepted a config without its plugin:\n{log}");
+
+    // ...and validation runs the plugin's own configure step: rules the
+    // plugin refuses, slipped into a generated config, are refused there.
+    let run = graylane(&[
+        "envoy",
+        "filters/examples/canary.json",
+        "--wasm",
+        wasm_path().to_str().unwrap(),
+    ]);
+    let tampered = run.stdout.replace("\"weight\":5", "\"weight\":500");
+    assert_ne!(tampered, run.stdout);
+    let (ok, log) = validate("generated-refused-rules", &tampered);
+    assert!(!ok, "envoy accepted rules the plugin refuses:\n{log}");
+    assert!(log.contains("services[0].subsets[1].weight"), "{log}");
 }

@@ -11,14 +11,14 @@
     clippy::indexing_slicing
 )]
 
-mod support;
+
 
 use std::collections::BTreeMap;
 use std::thread;
 
-use graylane::decision::decide;
-use graylane::request::Request as NativeRequest;
-use graylane::split::WeylSequence;
+use graylane_core::decision::decide;
+use graylane_core::request::Request as NativeRequest;
+use graylane_core::split::WeylSequence;
 use serde_json::{json, Value};
 use support::*;
 
@@ -662,7 +662,7 @@ fn sticky_document(canary_weight: f64) -> Value {
 /// The cluster the library's own decision picks for a request: what the
 /// plugin in Envoy must agree with.
 fn native_cluster(document: &Value, host: &str, headers: &[(&str, &str)]) -> String {
-    let rules = graylane::config::compile(document.to_string().as_bytes())
+    let rules = graylane_core::config::compile(document.to_string().as_bytes())
         .expect("the test document compiles");
     let mut pairs: Vec<(&[u8], &[u8])> = vec![
         (b":authority", host.as_bytes()),

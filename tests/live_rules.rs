@@ -10,7 +10,7 @@
     clippy::indexing_slicing
 )]
 
-mod support;
+
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -138,7 +138,7 @@ impl Drop for Etcd {
 }
 
 fn b64(data: &[u8]) -> String {
-    graylane::source::codec::base64_encode(data)
+    graylane_core::source::codec::base64_encode(data)
 }
 
 /// One HTTP/1.1 POST on a fresh connection; status and body.
@@ -466,7 +466,7 @@ fn log_count(gateway: &Gateway, needle: &str) -> usize {
 fn user_in_buckets(low: u32, high: u32) -> String {
     (0..)
         .map(|n| format!("user-{n}"))
-        .find(|user| (low..high).contains(&graylane::split::sticky_bucket("b", user.as_bytes())))
+        .find(|user| (low..high).contains(&graylane_core::split::sticky_bucket("b", user.as_bytes())))
         .unwrap()
 }
 

@@ -11,14 +11,13 @@
     clippy::indexing_slicing
 )]
 
-mod support;
+
 
 use std::net::IpAddr;
-use std::process::Command;
 
-use graylane::cli::request::{OneOrMany, RequestSpec};
+use graylane_cli::request::{OneOrMany, RequestSpec};
 use serde_json::Value;
-use support::{repo_root, Client, Gateway, Request};
+use support::{graylane, repo_root, Client, Gateway, Request};
 
 struct Row {
     name: String,
@@ -41,21 +40,22 @@ fn rows() -> Vec<Row> {
         .collect()
 }
 
-/// What the command says, run as a user runs it.
+/// What the command says, through its own entry point.
 fn command_answer(spec: &RequestSpec) -> Value {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_graylane"));
-    command
-        .arg("explain")
-        .arg(repo_root().join("tests/data/rules.json"))
-        .arg("--json");
+    let rules = repo_root().join("tests/data/rules.json");
+    let mut args: Vec<String> = vec![
+        "explain".into(),
+        rules.display().to_string(),
+        "--json".into(),
+    ];
     if let Some(host) = &spec.host {
-        command.args(["--host", host]);
+        args.extend(["--host".into(), host.clone()]);
     }
-    command.args([
-        "--path",
-        spec.path_or_root(),
-        "--method",
-        spec.method_or_get(),
+    args.extend([
+        "--path".into(),
+        spec.path_or_root().to_string(),
+        "--method".into(),
+        spec.method_or_get().to_string(),
     ]);
     for (name, values) in &spec.headers {
         let values = match values {
@@ -63,22 +63,19 @@ fn command_answer(spec: &RequestSpec) -> Value {
             OneOrMany::Many(values) => values.clone(),
         };
         for value in values {
-            command.args(["-H", &format!("{name}: {value}")]);
+            args.extend(["-H".into(), format!("{name}: {value}")]);
         }
     }
     for (name, value) in &spec.cookies {
-        command.args(["--cookie", &format!("{name}={value}")]);
+        args.extend(["--cookie".into(), format!("{name}={value}")]);
     }
     if let Some(ip) = &spec.source_ip {
-        command.args(["--source-ip", ip]);
+        args.extend(["--source-ip".into(), ip.clone()]);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "graylane explain failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = graylane(&args);
+    assert_eq!(run.code, 0, "graylane explain failed: {}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
 }
 
 /// What the plugin did in Envoy: the backend that answered, and the tag it

@@ -63,9 +63,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The repository root (where `Cargo.toml` is).
+/// The repository root (where the workspace's `Cargo.toml` is).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().map(Path::to_path_buf).unwrap_or(tests)
 }
 
 /// The cluster the generated route sends requests to when the plugin wrote no
@@ -81,8 +82,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 
 /// The plugin `.wasm`: `GRAYLANE_WASM` when set, else built once per test
-/// binary with `cargo build --release --target wasm32-wasip1 --lib
-/// --no-default-features` into `target/wasm-for-tests` (a target directory of
+/// binary with `cargo build --release --target wasm32-wasip1 -p graylane`
+/// into `target/wasm-for-tests` (a target directory of
 /// its own, so that the `cargo test` running this binary, which holds the lock
 /// on `target/`, does not deadlock with it).
 pub fn wasm_path() -> &'static Path {
@@ -97,11 +98,7 @@ pub fn wasm_path() -> &'static Path {
             );
             return path;
         }
-        build_wasm(
-            &repo_root(),
-            &["--lib", "--no-default-features"],
-            "graylane",
-        )
+        build_wasm(&repo_root(), &["-p", "graylane"], "graylane")
     })
 }
 
@@ -180,7 +177,7 @@ pub fn envoy_bin() -> &'static Path {
 fn scratch_dir(label: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     static CLEANED: OnceLock<()> = OnceLock::new();
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = repo_root().join("target").join("tmp");
     CLEANED.get_or_init(|| remove_old_scratch(&base));
     let label: String = label
         .chars()
@@ -963,9 +960,13 @@ pub struct Validation {
 /// Envoy 1.40 loads the plugin in this mode and runs its configuration check,
 /// so a refused plugin document fails validation too.
 pub fn envoy_validate(label: &str, bootstrap: &str) -> Validation {
+    validate_file(label, &with_test_wasm(bootstrap))
+}
+
+fn validate_file(label: &str, bootstrap: &str) -> Validation {
     let dir = scratch_dir(label);
     let config_path = dir.join("envoy.yaml");
-    fs::write(&config_path, with_test_wasm(bootstrap)).expect("cannot write the Envoy config");
+    fs::write(&config_path, bootstrap).expect("cannot write the Envoy config");
     let output = Command::new(envoy_bin())
         .arg("--mode")
         .arg("validate")
@@ -981,6 +982,42 @@ pub fn envoy_validate(label: &str, bootstrap: &str) -> Validation {
     Validation {
         status: output.status,
         log,
+    }
+}
+
+/// `envoy --mode validate` on a bootstrap exactly as given.
+pub fn envoy_validate_as_is(label: &str, bootstrap: &str) -> Validation {
+    validate_file(label, bootstrap)
+}
+
+/// What the `graylane` command printed and its exit code, run in this
+/// process through the command's own entry point (the binary is tested in
+/// crates/cli).
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `graylane ARGS` from the repository root.
+pub fn graylane(args: &[&str]) -> Run {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut argv = vec!["graylane".to_string()];
+    argv.extend(args.iter().map(|arg| {
+        // Relative paths are the repository's, as when run from its root.
+        let path = repo_root().join(arg);
+        if !arg.starts_with('-') && !Path::new(arg).is_absolute() && path.exists() {
+            path.display().to_string()
+        } else {
+            arg.to_string()
+        }
+    }));
+    let code = graylane_cli::run_with(argv, &mut stdout, &mut stderr);
+    Run {
+        code: i32::from(code),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
 

@@ -2,11 +2,11 @@
 //! then decide many requests in one call, so that the time measured from
 //! JavaScript is the decision's and not the boundary's.
 
-use graylane::config;
-use graylane::decision::decide;
-use graylane::request::{parse_header_map, HeaderPair, Request};
-use graylane::rules::Rules;
-use graylane::split::WeylSequence;
+use graylane_core::config;
+use graylane_core::decision::decide;
+use graylane_core::request::{parse_header_map, HeaderPair, Request};
+use graylane_core::rules::Rules;
+use graylane_core::split::WeylSequence;
 
 pub struct Bench {
     rules: Rules,

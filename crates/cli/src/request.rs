@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::decision::{decide, Decision, HeaderEdit, Reason};
-use crate::request::{ip_of_socket_address, HeaderPair, Request};
-use crate::rules::Rules;
-use crate::split::WeylSequence;
+use graylane_core::decision::{decide, Decision, HeaderEdit, Reason};
+use graylane_core::request::{ip_of_socket_address, HeaderPair, Request};
+use graylane_core::rules::Rules;
+use graylane_core::split::WeylSequence;
 
 /// One request. Every field is optional: the host defaults to none (only
 /// services without `hosts` can claim the request), the path to `/`, the

@@ -7,9 +7,9 @@
 
 mod table;
 
-use graylane::decision::{decide, HeaderEdit};
-use graylane::request::Request;
-use graylane::split::WeylSequence;
+use graylane_core::decision::{decide, HeaderEdit};
+use graylane_core::request::Request;
+use graylane_core::split::WeylSequence;
 
 struct Random(u64);
 
@@ -77,7 +77,7 @@ fn no_request_escapes_the_invariants() {
     let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS];
     let rules: Vec<_> = documents
         .iter()
-        .map(|d| graylane::config::compile(d.as_bytes()).unwrap())
+        .map(|d| graylane_core::config::compile(d.as_bytes()).unwrap())
         .collect();
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
     let mut sequence = WeylSequence::new(1);

@@ -3,7 +3,7 @@
 
 mod table;
 
-use graylane::config::{compile, ConfigError};
+use graylane_core::config::{compile, ConfigError};
 
 /// A valid service with one subset changed by `edit` (a JSON fragment
 /// spliced in as the subsets list).

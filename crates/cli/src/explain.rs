@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use crate::decision::{Decision, HeaderEdit, Reason};
-use crate::request::Request;
-use crate::rules::{MatchEntry, NamedMatch, Rules, Service, StickyKey, StringMatch};
-use crate::split::{WeylSequence, BUCKETS};
+use graylane_core::decision::{Decision, HeaderEdit, Reason};
+use graylane_core::request::Request;
+use graylane_core::rules::{MatchEntry, NamedMatch, Rules, Service, StickyKey, StringMatch};
+use graylane_core::split::{WeylSequence, BUCKETS};
 
 use super::request::{borrow_pairs, decide_spec, drawn_from_sequence, RequestSpec};
 

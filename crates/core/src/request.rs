@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn query_values_decode_and_repeat() {
-        let pairs: [HeaderPair; 1] = [(
+        let pairs: [HeaderPair<'_>; 1] = [(
             b":path",
             b"/x?a=1&canary=tr%75e&canary=no&flag&sp=a+b&bad=%zz&%63anary=enc#frag",
         )];
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn cookies_across_headers_and_without_equals() {
-        let pairs: [HeaderPair; 3] = [
+        let pairs: [HeaderPair<'_>; 3] = [
             (b"cookie", b"a=1; lonely ;b = 2"),
             (b"Cookie", b"beta=1"),
             (b"cookie", b""),
@@ -317,10 +317,10 @@ mod tests {
             (b"[::1]:10000", "[::1]"),
             (b"127.0.0.1", "127.0.0.1"),
         ] {
-            let pairs: [HeaderPair; 1] = [(b":authority", raw)];
+            let pairs: [HeaderPair<'_>; 1] = [(b":authority", raw)];
             assert_eq!(request(&pairs).host().as_deref(), Some(want));
         }
-        let not_utf8: [HeaderPair; 1] = [(b":authority", b"\xff\xfe")];
+        let not_utf8: [HeaderPair<'_>; 1] = [(b":authority", b"\xff\xfe")];
         assert_eq!(request(&not_utf8).host(), None);
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::locate::{self, Location, Locations};
-use crate::rules::Rules;
+use graylane_core::rules::Rules;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -141,7 +141,7 @@ pub fn load_text(file: &Path, text: &str) -> Result<Document, LoadError> {
     let value = parse(format, text).map_err(|refusal| refused(vec![refusal]))?;
     // The plugin's own entry point: `source` and `apisix_mode` are checked
     // too, so what passes here passes the gateway.
-    match crate::source::configure_value(&value) {
+    match graylane_core::source::configure_value(&value) {
         Ok((rules, _)) => Ok(Document {
             file: file.to_path_buf(),
             format,

@@ -1,5 +1,4 @@
 //! The `graylane` command, run as a user runs it.
-#![cfg(feature = "cli")]
 // Tests may unwrap and panic, helpers included.
 #![allow(
     clippy::unwrap_used,
@@ -11,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use graylane::cli::document;
-use graylane::cli::request::{borrow_pairs, decide_spec, outcome_json, RequestSpec};
-use graylane::decision::decide;
-use graylane::request::{ip_of_socket_address, parse_header_map, serialise_header_map, Request};
-use graylane::split::WeylSequence;
+use graylane_cli::document;
+use graylane_cli::request::{borrow_pairs, decide_spec, outcome_json, RequestSpec};
+use graylane_core::decision::decide;
+use graylane_core::request::{ip_of_socket_address, parse_header_map, serialise_header_map, Request};
+use graylane_core::split::WeylSequence;
 use serde_json::Value;
 
 struct Run {
@@ -24,10 +23,18 @@ struct Run {
     stderr: String,
 }
 
+/// The repository root: the command is run from there, as a user would.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
 fn graylane(args: &[&str]) -> Run {
     let output = Command::new(env!("CARGO_BIN_EXE_graylane"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(repo_root())
         .output()
         .expect("run graylane");
     Run {
@@ -574,7 +581,7 @@ fn simulate_replays_a_requests_file() {
 
 fn with_weight(weight: &str) -> PathBuf {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/examples/canary.json"),
+        repo_root().join("filters/examples/canary.json"),
     )
     .unwrap();
     let changed = text.replace("\"weight\": 5,", &format!("\"weight\": {weight},"));
@@ -650,7 +657,7 @@ fn compare_raising_five_to_twenty_moves_fifteen_percent_and_none_out_of_canary()
 
 fn requests_table() -> Vec<(RequestSpec, Value)> {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/requests.jsonl"),
+        repo_root().join("tests/data/requests.jsonl"),
     )
     .unwrap();
     text.lines()
@@ -666,7 +673,7 @@ fn requests_table() -> Vec<(RequestSpec, Value)> {
 #[test]
 fn the_cli_request_construction_decides_as_the_plugin_path_does() {
     let document =
-        document::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rules.json"))
+        document::load(&repo_root().join("tests/data/rules.json"))
             .unwrap();
     let rules = &document.rules;
     let table = requests_table();
@@ -704,153 +711,4 @@ fn the_cli_request_construction_decides_as_the_plugin_path_does() {
             spec.summary()
         );
     }
-}
-
-// ---------------------------------------------------------------------------
-// `graylane envoy`, validated by a real Envoy.
-
-fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ENVOY_BIN") {
-        return PathBuf::from(path);
-    }
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/envoy");
-    if tools.exists() {
-        return tools;
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("envoy"))
-                .find(|p| p.exists())
-        })
-        .unwrap_or_default();
-    on_path.unwrap_or_else(|| {
-        panic!("no Envoy: set ENVOY_BIN, or install it in .tools/venv (scripts/test.sh does), or put envoy on PATH")
-    })
-}
-
-/// The plugin as wasm: GRAYLANE_WASM, else built here from this source (a
-/// debug build, enough for Envoy to load and configure it).
-fn plugin_wasm() -> PathBuf {
-    if let Some(path) = std::env::var_os("GRAYLANE_WASM") {
-        return PathBuf::from(path);
-    }
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--lib",
-            "--target",
-            "wasm32-wasip1",
-            "--no-default-features",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the wasm failed");
-    target_dir.join("wasm32-wasip1/debug/graylane.wasm")
-}
-
-fn validate(config: &Path) -> (bool, String) {
-    let output = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(config)
-        .output()
-        .expect("run envoy");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
-#[test]
-fn envoy_configs_pass_envoy_validate() {
-    let wasm = plugin_wasm();
-    let wasm = wasm.to_str().unwrap();
-    for (name, file) in [
-        ("canary", "filters/examples/canary.json"),
-        ("bluegreen", "filters/examples/bluegreen.yaml"),
-        ("two-services", "filters/examples/two-services.yaml"),
-        ("test-rules", "tests/data/rules.json"),
-    ] {
-        let run = graylane(&[
-            "envoy",
-            file,
-            "--wasm",
-            wasm,
-            "--port",
-            "18080",
-            "--fallback-cluster",
-            "elsewhere",
-            "--admin-port",
-            "18901",
-        ]);
-        assert_eq!(run.code, 0, "{}", run.stderr);
-        let config: serde_norway::Value = serde_norway::from_str(&run.stdout).unwrap();
-        let text = &run.stdout;
-        assert!(
-            text.contains("cluster_header: x-graylane-cluster"),
-            "{text}"
-        );
-        assert!(text.contains("present_match: true"));
-        assert!(text.contains("cluster: elsewhere"));
-        assert!(text.contains("port_value: 18080"));
-        let clusters = config["static_resources"]["clusters"]
-            .as_sequence()
-            .unwrap();
-        let document = document::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
-        let mut wanted: Vec<&str> = document
-            .rules
-            .services
-            .iter()
-            .flat_map(|s| s.subsets.iter().map(|s| s.cluster.as_str()))
-            .collect();
-        wanted.push("elsewhere");
-        for cluster in wanted {
-            assert!(
-                clusters.iter().any(|c| c["name"].as_str() == Some(cluster)),
-                "{name}: no cluster {cluster}"
-            );
-        }
-        let path = scratch(&format!("envoy-{name}.yaml"), text);
-        let (ok, log) = validate(&path);
-        assert!(ok, "{name}: envoy refused the config:\n{log}");
-        assert!(log.contains("OK"), "{log}");
-    }
-}
-
-#[test]
-fn envoy_validate_refuses_what_it_should() {
-    // The check above can fail: a missing plugin file is refused...
-    let run = graylane(&[
-        "envoy",
-        "filters/examples/canary.json",
-        "--wasm",
-        "/nonexistent/graylane.wasm",
-    ]);
-    assert_eq!(run.code, 0);
-    let path = scratch("envoy-missing-wasm.yaml", &run.stdout);
-    let (ok, log) = validate(&path);
-    assert!(!ok, "envoy accepted a config without its plugin:\n{log}");
-
-    // ...and validation runs the plugin's own configure step: rules the
-    // plugin refuses, slipped into a generated config, are refused there.
-    let wasm = plugin_wasm();
-    let run = graylane(&[
-        "envoy",
-        "filters/examples/canary.json",
-        "--wasm",
-        wasm.to_str().unwrap(),
-    ]);
-    let tampered = run.stdout.replace("\"weight\":5", "\"weight\":500");
-    assert_ne!(tampered, run.stdout);
-    let path = scratch("envoy-refused-rules.yaml", &tampered);
-    let (ok, log) = validate(&path);
-    assert!(!ok, "envoy accepted rules the plugin refuses:\n{log}");
-    assert!(log.contains("services[0].subsets[1].weight"), "{log}");
 }

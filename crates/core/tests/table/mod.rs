@@ -8,9 +8,9 @@
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
-use graylane::decision::{decide, HeaderEdit};
-use graylane::request::Request;
-use graylane::split::WeylSequence;
+use graylane_core::decision::{decide, HeaderEdit};
+use graylane_core::request::Request;
+use graylane_core::split::WeylSequence;
 
 /// The contract's own example document, verbatim.
 pub const CONTRACT: &str = r#"{
@@ -766,7 +766,7 @@ pub fn render(edit: &HeaderEdit<'_>) -> String {
 pub fn failures() -> Vec<String> {
     let mut failures = Vec::new();
     for case in CASES {
-        let rules = match graylane::config::compile(case.rules.as_bytes()) {
+        let rules = match graylane_core::config::compile(case.rules.as_bytes()) {
             Ok(rules) => rules,
             Err(errors) => {
                 failures.push(format!("{}: rules refused: {errors}", case.name));
@@ -793,7 +793,7 @@ pub fn bucket_fingerprint() -> (u64, Vec<u32>) {
     let mut first = Vec::new();
     for i in 0..20_000u32 {
         let key = format!("user-{i}");
-        let bucket = graylane::split::sticky_bucket("bservice", key.as_bytes());
+        let bucket = graylane_core::split::sticky_bucket("bservice", key.as_bytes());
         sum = sum.wrapping_mul(31).wrapping_add(u64::from(bucket));
         if i < 8 {
             first.push(bucket);

@@ -29,10 +29,10 @@ mod native {
     use std::hint::black_box;
 
     use criterion::{BenchmarkId, Criterion};
-    use graylane::config;
-    use graylane::decision::decide;
-    use graylane::request::{parse_header_map, HeaderPair, Request};
-    use graylane::split::WeylSequence;
+    use graylane_core::config;
+    use graylane_core::decision::decide;
+    use graylane_core::request::{parse_header_map, HeaderPair, Request};
+    use graylane_core::split::WeylSequence;
 
     type OwnedRequest = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -78,7 +78,7 @@ mod native {
         for set in ["a", "b", "c"] {
             let rules = config::compile(&read(&format!("{set}.json"))).expect("rule set compiles");
             let owned = requests(set);
-            let borrowed: Vec<Vec<HeaderPair>> = owned
+            let borrowed: Vec<Vec<HeaderPair<'_>>> = owned
                 .iter()
                 .map(|pairs| {
                     pairs
@@ -87,7 +87,7 @@ mod native {
                         .collect()
                 })
                 .collect();
-            let views: Vec<Request> = borrowed.iter().map(|p| Request::new(p)).collect();
+            let views: Vec<Request<'_>> = borrowed.iter().map(|p| Request::new(p)).collect();
             let serialised: Vec<Vec<u8>> = owned.iter().map(serialise).collect();
 
             let mut sequence = WeylSequence::new(1);
@@ -127,7 +127,7 @@ mod native {
             .map(|i| format!("cookie{i:02}=value{i:04}"))
             .collect::<Vec<_>>()
             .join("; ");
-        let pairs: Vec<HeaderPair> = vec![
+        let pairs: Vec<HeaderPair<'_>> = vec![
             (b":authority", b"b.example.com"),
             (b":path", b"/api/b/items"),
             (b":method", b"GET"),

@@ -20,7 +20,7 @@ fn buckets_equal_the_native_ones() {
 #[wasm_bindgen_test]
 fn configuration_errors_are_the_same_in_wasm() {
     let document = br#"{"services":[{"name":"b","default":"x","subsets":[{"name":"a","cluster":"c","weight":100.5}]}]}"#;
-    let errors = graylane::config::compile(document)
+    let errors = graylane_core::config::compile(document)
         .err()
         .map(|e| e.to_string());
     assert_eq!(

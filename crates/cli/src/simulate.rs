@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::rules::{Rules, StickyKey};
-use crate::split::WeylSequence;
+use graylane_core::rules::{Rules, StickyKey};
+use graylane_core::split::WeylSequence;
 
 use super::request::{decide_spec, drawn_from_sequence, OneOrMany, RequestSpec};
 

@@ -2,7 +2,6 @@
 //! multi-document file), every graylane document embedded in it compiles with
 //! the plugin's compiler, and each recipe's routing names every cluster its
 //! graylane document can choose.
-#![cfg(feature = "cli")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,6 +13,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+/// The repository root.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -32,7 +39,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 fn filters() -> Vec<PathBuf> {
     let mut files = Vec::new();
     files_under(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("filters"),
+        &repo_root().join("filters"),
         &mut files,
     );
     files.sort();
@@ -94,7 +101,7 @@ fn every_recipe_parses_and_its_rules_compile_and_route() {
     let mut with_rules = 0;
     for file in &files {
         let name = file
-            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .strip_prefix(repo_root())
             .unwrap()
             .display()
             .to_string();
@@ -105,7 +112,7 @@ fn every_recipe_parses_and_its_rules_compile_and_route() {
         }
         for document in &rules {
             let bytes = serde_json::to_vec(document).unwrap();
-            let compiled = graylane::config::compile(&bytes)
+            let compiled = graylane_core::config::compile(&bytes)
                 .unwrap_or_else(|e| panic!("{name}: the graylane document is refused: {e}"));
             // A recipe's routing must name every cluster but the default
             // (which its fallback route takes): as a header match value or
@@ -138,7 +145,7 @@ fn every_recipe_parses_and_its_rules_compile_and_route() {
         "filters/examples/bluegreen.yaml",
         "filters/examples/two-services.yaml",
     ] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(must);
+        let path = repo_root().join(must);
         assert!(files.contains(&path), "{must} is missing");
         let mut rules = Vec::new();
         for document in documents(&path) {
@@ -161,9 +168,9 @@ fn the_scan_finds_rules_in_strings_and_objects_and_refuses_bad_ones() {
         );
     }
     assert_eq!(found.len(), 2);
-    assert!(graylane::config::compile(&serde_json::to_vec(&found[0]).unwrap()).is_ok());
+    assert!(graylane_core::config::compile(&serde_json::to_vec(&found[0]).unwrap()).is_ok());
     // The second names a default that is no subset: the check would fail.
-    let refused = graylane::config::compile(&serde_json::to_vec(&found[1]).unwrap()).unwrap_err();
+    let refused = graylane_core::config::compile(&serde_json::to_vec(&found[1]).unwrap()).unwrap_err();
     assert_eq!(refused.0[0].path, "services[0].default");
 }
 
@@ -182,7 +189,7 @@ fn the_examples_work_with_every_command() {
         ] {
             let output = std::process::Command::new(env!("CARGO_BIN_EXE_graylane"))
                 .args(&args)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .current_dir(repo_root())
                 .output()
                 .unwrap();
             assert!(

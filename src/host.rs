@@ -49,7 +49,7 @@ unsafe fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
 }
 
 /// All request headers in one call, serialised; parse with
-/// [`crate::request::parse_header_map`].
+/// [`graylane_core::request::parse_header_map`].
 pub fn request_header_map() -> Result<Vec<u8>, HostStatus> {
     let mut data: *mut u8 = null_mut();
     let mut size: usize = 0;

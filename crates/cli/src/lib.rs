@@ -1,7 +1,7 @@
 //! The `graylane` command: checks a rule document, explains the decision for
 //! one request, simulates many, and writes an Envoy config. Everything routes
-//! through [`crate::decision::decide`], the function the plugin calls, and
-//! every document is compiled by [`crate::config::compile_value`], the
+//! through [`graylane_core::decision::decide`], the function the plugin calls, and
+//! every document is compiled by [`graylane_core::config::compile_value`], the
 //! plugin's own compiler.
 //!
 //! Exit codes: 0 ok, 1 the rules were refused (or a check failed), 2 usage
@@ -15,7 +15,7 @@ pub mod request;
 pub mod simulate;
 
 use std::ffi::OsString;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -206,14 +206,28 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    run_with(args, &mut stdout, &mut stderr)
+}
+
+/// As [`run`], writing to the given streams instead of the process's own
+/// (for tests and embedders).
+pub fn run_with<I, T>(args: I, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
-            let _ = error.print();
             // --help and --version are not errors.
+            let text = error.render().to_string();
             return if error.use_stderr() {
+                let _ = stderr.write_all(text.as_bytes());
                 EXIT_USAGE
             } else {
+                let _ = stdout.write_all(text.as_bytes());
                 EXIT_OK
             };
         }
@@ -230,14 +244,13 @@ where
     };
     match outcome {
         Ok(output) => {
-            let mut stdout = std::io::stdout().lock();
             // A closed pipe (`graylane ... | head`) is not worth a panic.
             let _ = stdout.write_all(output.as_bytes());
             let _ = stdout.flush();
             EXIT_OK
         }
         Err(failure) => {
-            eprintln!("{}", failure.message);
+            let _ = writeln!(stderr, "{}", failure.message);
             failure.code
         }
     }
@@ -319,7 +332,7 @@ fn explain(file: &Path, request: &RequestArgs, json: bool) -> Result<String, Fai
         let decision = request::decide_spec(
             &document.rules,
             &spec,
-            &mut crate::split::WeylSequence::new(0),
+            &mut graylane_core::split::WeylSequence::new(0),
         );
         return Ok(format!(
             "{}\n",
