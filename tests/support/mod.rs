@@ -50,6 +50,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod apisix;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
