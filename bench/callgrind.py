@@ -268,23 +268,35 @@ def send_all(client, raws, count, start=0):
     return statuses
 
 
+# bench.check_routing sends with bench.send, a new connection per request;
+# inside checked_over(client) it goes over this thread's keep-alive client.
+_routed = threading.local()
+_new_connection_send = bench.send
+
+
+def _send(port, method, path, headers):
+    client = getattr(_routed, "client", None)
+    if client is None:
+        return _new_connection_send(port, method, path, headers)
+    return client.request(raw_request({"method": method, "path": path, "headers": headers}))
+
+
+bench.send = _send
+
+
 @contextlib.contextmanager
 def checked_over(client):
-    """bench.check_routing sends with bench.send (a new connection per
-    request); route it over the keep-alive connection instead."""
-    original = bench.send
-
-    def send(_port, method, path, headers):
-        return client.request(raw_request({"method": method, "path": path, "headers": headers}))
-
-    bench.send = send
+    _routed.client = client
     try:
         yield
     finally:
-        bench.send = original
+        _routed.client = None
 
 
 # ---------------------------------------------------------------- gateway
+
+
+LIVE = set()
 
 
 class Gateway(bench.Envoy):
@@ -304,6 +316,7 @@ class Gateway(bench.Envoy):
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
+        LIVE.add(self)
         self.callgrind_base = f"{callgrind_base}.{self.pid}" if callgrind_base else None
         self.dumps = 0
 
@@ -346,6 +359,7 @@ class Gateway(bench.Envoy):
         return time.monotonic() - start
 
     def stop(self, timeout=300):
+        LIVE.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -634,6 +648,16 @@ def main():
                  "arms": arms, "modules": args.modules, "jobs": args.jobs, "stats_flush": args.stats_flush})
     log(f"{meta}")
     t_start = time.monotonic()
+
+    def interrupted(signum, _frame):
+        for gw in list(LIVE):
+            if gw.proc.poll() is None:
+                gw.proc.send_signal(signal.SIGTERM)
+        log(f"signal {signum}: stopped the gateways")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
 
     upstream = Gateway(args.envoy, os.path.join(args.out, "upstream.json"), args.upstream_admin, "upstream", logdir)
     results = {}
