@@ -527,6 +527,12 @@ def ratios(arms):
     return out
 
 
+def wasm_cell(wasm):
+    if not wasm:
+        return "–"
+    return f"{wasm['bytes']:,} ({wasm['code_bytes']:,}; {len(wasm['exports'])} exports)"
+
+
 def check_cell(arm):
     if not arm["checks"]:
         return "not routing" if arm["arm"] not in ROUTED else "skipped"
@@ -550,7 +556,7 @@ def render(meta, arms):
                  "listener accepts); RSS: VmRSS after the routing check and a warm-up, in a run without valgrind")
     lines.append("")
     lines.append("| arm | instructions/request | spread | start-up instructions | idle instructions/s | "
-                 "RSS MiB | .wasm bytes (code) | routing check |")
+                 "RSS MiB | .wasm bytes (code section; exported functions) | routing check |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for a in arms:
         wasm = a.get("wasm")
@@ -558,7 +564,7 @@ def render(meta, arms):
             f"| {a['arm']} | {fmt_k(a['per_request'])} | {a['spread'] * 100:.3f} % | "
             f"{fmt_g(a['startup']['instructions'])} | {a['idle_per_s'] / 1e3:.0f}k | "
             f"{(min(a['rss_kib']) / 1024) if a.get('rss_kib') else float('nan'):.1f} | "
-            f"{(str(wasm['bytes']) + ' (' + str(wasm['code_bytes']) + ')') if wasm else '–'} | {check_cell(a)} |")
+            f"{wasm_cell(wasm)} | {check_cell(a)} |")
     lines.append("")
     lines.append("| ratio | value |")
     lines.append("| --- | ---: |")
@@ -629,7 +635,16 @@ def main():
     p.add_argument("--upstream-admin", type=int, default=28171)
     p.add_argument("--start-timeout", type=float, default=900)
     p.add_argument("--label", default="")
+    p.add_argument("--render", metavar="JSON", help="only print the table of an earlier result (and rewrite its .md)")
     args = p.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            data = json.load(f)
+        text = render(data["meta"], data["arms"]) + f"\nWhole run: {data['meta']['duration_s']} s.\n"
+        print(text)
+        with open(args.render[:-len(".json")] + ".md", "w") as f:
+            f.write(text)
+        return 0
     args.envoy = os.path.realpath(bench.real_envoy(args.envoy))
     args.out = os.path.abspath(args.out)
     args.modules = dict(m.split("=", 1) for m in args.module)
