@@ -370,20 +370,31 @@ class Gateway(bench.Envoy):
         self.log_file.close()
 
 
-def slot_config(path, slot, ports, quiet_stats=False):
+def slot_config(path, slot, ports, callgrind=False, stats_flush=False):
     """The arm's configuration with the gateway and admin ports of a slot (so
-    that two arms can run side by side with --jobs 2). With `quiet_stats`,
-    stats are flushed only when the admin asks (`stats_flush_on_admin`):
-    Envoy's 5-second flush costs about 1.4 M instructions, which lands in one
-    window and not in the other and would move a per-request figure by
-    1.4 M / N."""
+    that two arms can run side by side with --jobs 2). For callgrind without
+    `stats_flush`, stats are flushed only when the admin asks
+    (`stats_flush_on_admin`): Envoy's 5-second flush costs about 1.4 M
+    instructions, which lands in one window and not in the other and would
+    move a per-request figure by 1.4 M / N."""
     with open(path) as f:
         config = json.load(f)
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = ports["gateway"]
     config["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
-    if quiet_stats:
+    if callgrind and not stats_flush:
         config["stats_flush_on_admin"] = True
-    out = f"{path[:-len('.json')]}{'.quiet' if quiet_stats else ''}.slot{slot}.json"
+    if callgrind:
+        # Under callgrind the first request waits for code valgrind has not
+        # translated yet: no route timeout (15 s by default) and a long
+        # connect timeout, so that the first answer is the upstream's.
+        for cluster in config["static_resources"]["clusters"]:
+            cluster["connect_timeout"] = "60s"
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        for vhost in hcm["route_config"]["virtual_hosts"]:
+            for route in vhost["routes"]:
+                if "route" in route:
+                    route["route"]["timeout"] = "0s"
+    out = f"{path[:-len('.json')]}{'.callgrind' if callgrind else ''}.slot{slot}.json"
     with open(out, "w") as f:
         json.dump(config, f, indent=1)
     return out
@@ -426,7 +437,7 @@ def measure_arm(args, arm, slot, check, raws, logdir):
     # 2. callgrind
     base = os.path.join(logdir, arm, "cg")
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    gw = Gateway(args.envoy, slot_config(source, slot, ports, quiet_stats=not args.stats_flush), ports["admin"],
+    gw = Gateway(args.envoy, slot_config(source, slot, ports, callgrind=True, stats_flush=args.stats_flush), ports["admin"],
                  f"{arm}-callgrind", logdir, callgrind_base=base)
     client = None
     try:
@@ -562,7 +573,9 @@ def render(meta, arms):
         wasm = a.get("wasm")
         lines.append(
             f"| {a['arm']} | {fmt_k(a['per_request'])} | {a['spread'] * 100:.3f} % | "
-            f"{fmt_g(a['startup']['instructions'])} | {a['idle_per_s'] / 1e3:.0f}k | "
+            f"{fmt_g(a['startup']['instructions'])}"
+            f"{'' if a['startup']['first_status'] == 200 else ' (first answer ' + str(a['startup']['first_status']) + ')'}"
+            f" | {a['idle_per_s'] / 1e3:.0f}k | "
             f"{(min(a['rss_kib']) / 1024) if a.get('rss_kib') else float('nan'):.1f} | "
             f"{wasm_cell(wasm)} | {check_cell(a)} |")
     lines.append("")
