@@ -385,15 +385,17 @@ def slot_config(path, slot, ports, callgrind=False, stats_flush=False):
         config["stats_flush_on_admin"] = True
     if callgrind:
         # Under callgrind the first request waits for code valgrind has not
-        # translated yet: no route timeout (15 s by default) and a long
-        # connect timeout, so that the first answer is the upstream's.
+        # translated yet: a 300 s route timeout instead of 15 s, and a long
+        # connect timeout, so that the first answer is the upstream's. (Not
+        # "0s": without a timeout Envoy arms no timer per request, about 3.7 k
+        # instructions less than a gateway as deployed.)
         for cluster in config["static_resources"]["clusters"]:
             cluster["connect_timeout"] = "60s"
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         for vhost in hcm["route_config"]["virtual_hosts"]:
             for route in vhost["routes"]:
                 if "route" in route:
-                    route["route"]["timeout"] = "0s"
+                    route["route"]["timeout"] = "300s"
     out = f"{path[:-len('.json')]}{'.callgrind' if callgrind else ''}.slot{slot}.json"
     with open(out, "w") as f:
         json.dump(config, f, indent=1)
