@@ -47,11 +47,14 @@ import bench  # noqa: E402  (the wall-clock benchmark: real_envoy, Envoy, check_
 RESULTS_DIR = os.path.join(HERE, "results")
 # Arms routed by the rules, and so routing-checked; the minimal filters always
 # write s0's cluster.
-ROUTED = ("native", "lua", "floor", "graylane")
+ROUTED = ("native", "lua", "floor", "floor-callbacks", "graylane")
+# Arms run with another arm's configuration and their own .wasm (--module).
+DERIVED = {"floor-callbacks": "floor"}
 DESCRIPTIONS = {
     "native": "Envoy's own route table, no filter",
     "lua": "envoy.filters.http.lua, the same rules",
     "floor": "bench/floor-filter: raw ABI, one header-map read, the cluster write, the tag when canary",
+    "floor-callbacks": "the floor also exporting, as no-ops, the HTTP stream callbacks the SDK exports",
     "minimal": "bench/minimal-filter through the SDK: reads x-canary, writes s0's cluster (not routing)",
     "minimal-raw": "bench/minimal-filter on the raw ABI: reads x-canary, writes s0's cluster (not routing)",
     "graylane": "the graylane .wasm",
@@ -408,6 +411,15 @@ def slot_config(path, slot, ports, callgrind=False, stats_flush=False):
 def measure_arm(args, arm, slot, check, raws, logdir):
     ports = {"gateway": args.port + 10 * slot, "admin": args.port + 10 * slot + 1}
     source = os.path.join(args.out, args.set, f"{arm}.json")
+    if arm in DERIVED:
+        base = os.path.join(args.out, args.set, f"{DERIVED[arm]}.json")
+        with open(base) as f:
+            config = json.load(f)
+        wasm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]
+        wasm["filename"] = os.path.abspath(args.modules[arm])
+        with open(source, "w") as f:
+            json.dump(config, f, indent=1)
     config = slot_config(source, slot, ports)
     result = {"arm": arm, "description": DESCRIPTIONS.get(arm, arm), "checks": []}
     if arm in args.modules:
@@ -534,6 +546,9 @@ def ratios(arms):
             out["graylane - floor RSS MiB"] = (min(g["rss_kib"]) - min(by["floor"]["rss_kib"])) / 1024
     if by.get("floor") and by.get("lua"):
         out["floor/lua instructions/request"] = by["floor"]["per_request"] / by["lua"]["per_request"]
+    if by.get("floor") and by.get("floor-callbacks"):
+        out["floor-callbacks - floor instructions/request"] = (
+            by["floor-callbacks"]["per_request"] - by["floor"]["per_request"])
     if by.get("minimal") and by.get("minimal-raw"):
         out["minimal (SDK) - minimal-raw instructions/request"] = (
             by["minimal"]["per_request"] - by["minimal-raw"]["per_request"])

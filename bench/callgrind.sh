@@ -44,6 +44,8 @@ fi
 cp "$graylane" "$out/graylane.wasm"
 echo "== building the floor and the minimal filters" >&2
 (cd bench/floor-filter &&
+  cargo build --quiet --release --target wasm32-wasip1 --features every-callback &&
+  cp target/wasm32-wasip1/release/floor_filter.wasm "$out/floor-callbacks.wasm" &&
   cargo build --quiet --release --target wasm32-wasip1 &&
   cp target/wasm32-wasip1/release/floor_filter.wasm "$out/floor.wasm")
 (cd bench/minimal-filter &&
@@ -59,5 +61,6 @@ python3 bench/gen.py --sets d --out "$out" --ports 28180 28170 28181 --upstream-
   --minimal-wasm "$out/minimal.wasm" --minimal-raw-wasm "$out/minimal-raw.wasm"
 exec python3 bench/callgrind.py --out "$out" --upstream-admin 28171 --port 28180 \
   --module "graylane=$out/graylane.wasm" --module "floor=$out/floor.wasm" \
+  --module "floor-callbacks=$out/floor-callbacks.wasm" \
   --module "minimal=$out/minimal.wasm" --module "minimal-raw=$out/minimal-raw.wasm" \
   ${args[@]+"${args[@]}"}

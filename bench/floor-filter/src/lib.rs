@@ -292,3 +292,60 @@ pub extern "C" fn proxy_on_request_headers(_context_id: u32, _headers: usize, _e
     }
     ACTION_CONTINUE
 }
+
+/// With `--features every-callback` (the `floor-callbacks` arm of
+/// bench/callgrind.py): the same floor, also exporting as no-ops the
+/// callbacks that Envoy calls on every HTTP stream when a module exports them,
+/// as the SDK's dispatcher does. The difference to the floor is what those
+/// crossings into the VM cost the host, without any SDK code behind them.
+#[cfg(feature = "every-callback")]
+mod every_callback {
+    #[no_mangle]
+    pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _size: usize) -> u32 {
+        1
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_configure(_root_context_id: u32, _size: usize) -> u32 {
+        1
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_context_create(_context_id: u32, _parent_context_id: u32) {}
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_request_body(_context_id: u32, _size: usize, _end_of_stream: u32) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_request_trailers(_context_id: u32, _trailers: usize) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_response_headers(_context_id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_response_body(_context_id: u32, _size: usize, _end_of_stream: u32) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_response_trailers(_context_id: u32, _trailers: usize) -> u32 {
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_log(_context_id: u32) {}
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
+        1
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_delete(_context_id: u32) {}
+}
