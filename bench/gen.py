@@ -12,16 +12,19 @@ Rule sets:
   a    1 service, 2 subsets, one header rule
   b    10 services, each with a header rule, a header-regex rule and a weight
   c    100 services, the same per service as b
+  d    10 services, each with a header rule, a cookie regex rule and a weight;
+       its request mix also carries spoofed cluster headers (bench/callgrind.py)
 
 Every service of b and c:
   hosts      s<i>.bench.local and *.s<i>.bench.local
   default    stable  (cluster s<i>-stable)
   canary     cluster s<i>-canary, tag "canary", weight 5/10/20/50 % (by i mod 4),
              match: x-canary == "true"  OR  userid ~ ^beta-[0-9]+$
-Service a has the first match entry only and no weight.
+Service a has the first match entry only and no weight. Set d replaces the
+userid rule by   Cookie ~ ^(.*; ?)?group=beta(;.*)?$   (a cookie_regex).
 
 Usage: gen.py [--ports GATEWAY UPSTREAM GATEWAY_ADMIN] [--graylane-wasm PATH]
-              [--minimal-wasm PATH]
+              [--minimal-wasm PATH] [--floor-wasm PATH] [--sets a,b,c,d] [--out DIR]
 """
 
 import argparse
@@ -38,16 +41,20 @@ TAG_HEADER = "x-gray-tag"
 FALLBACK = "fallback"
 WEIGHTS = [5, 10, 20, 50]
 REQUESTS_PER_SET = 1000
+# Set d's cookie rule: the group cookie anywhere in the Cookie header.
+COOKIE_REGEX = "^(.*; ?)?group=beta(;.*)?$"
 
 # ---------------------------------------------------------------- description
 
 
-def describe(n_services, with_weight=True, with_regex=True):
+def describe(n_services, with_weight=True, with_regex=True, with_cookie=False):
     """The rule set as plain data: the single source of the four renderings."""
     services = []
     for i in range(n_services):
         matches = [{"header": "x-canary", "kind": "exact", "value": "true"}]
-        if with_regex:
+        if with_cookie:
+            matches.append({"header": "cookie", "kind": "cookie_regex", "value": COOKIE_REGEX})
+        elif with_regex:
             matches.append({"header": "userid", "kind": "regex", "value": "^beta-[0-9]+$"})
         services.append(
             {
@@ -72,6 +79,7 @@ RULE_SETS = {
     "a": lambda: describe(1, with_weight=False, with_regex=False),
     "b": lambda: describe(10),
     "c": lambda: describe(100),
+    "d": lambda: describe(10, with_cookie=True),
 }
 
 # ---------------------------------------------------------------- graylane
@@ -85,7 +93,10 @@ def graylane_document(services):
         if canary["weight"]:
             subset["weight"] = canary["weight"]
         subset["match"] = [
-            {"headers": [{"name": m["header"], m["kind"]: m["value"]}]} for m in canary["matches"]
+            {"cookie_regex": m["value"]}
+            if m["kind"] == "cookie_regex"
+            else {"headers": [{"name": m["header"], m["kind"]: m["value"]}]}
+            for m in canary["matches"]
         ]
         out.append(
             {
@@ -121,8 +132,9 @@ def tag_header_to_add(tag):
 def envoy_header_matcher(m):
     if m["kind"] == "exact":
         return {"name": m["header"], "string_match": {"exact": m["value"]}}
-    if m["kind"] == "regex":
+    if m["kind"] in ("regex", "cookie_regex"):
         # Envoy's safe_regex is a full match; the graylane patterns are anchored.
+        # A cookie_regex is a regex over the Cookie header (one header in HTTP/1).
         pattern = m["value"].lstrip("^").rstrip("$")
         return {"name": m["header"], "string_match": {"safe_regex": {"regex": pattern}}}
     raise ValueError(m["kind"])
@@ -209,8 +221,11 @@ def lua_string(s):
 
 
 def lua_pattern(regex):
-    # The generator only emits this one regex; translate it by hand as a Lua
-    # user would.
+    # The generator only emits these regexes; translate them by hand as a Lua
+    # user would. The cookie regex has an optional group, which Lua patterns
+    # lack: it becomes a plain find in ";" .. cookie .. ";" (kind "cookie").
+    if regex == COOKIE_REGEX:
+        return "; ?group=beta;"
     assert regex == "^beta-[0-9]+$", regex
     return "^beta%-%d+$"
 
@@ -234,7 +249,7 @@ def lua_script(services):
             "{%s, %s, %s}"
             % (
                 lua_string(m["header"]),
-                lua_string(m["kind"]),
+                lua_string("cookie" if m["kind"] == "cookie_regex" else m["kind"]),
                 lua_string(m["value"] if m["kind"] == "exact" else lua_pattern(m["value"])),
             )
             for m in c["matches"]
@@ -310,7 +325,14 @@ function envoy_on_request(handle)
 end
 """
     )
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if any(m["kind"] == "cookie_regex" for s in services for m in s["canary"]["matches"]):
+        exact = '  if m[2] == "exact" then return value == m[3] end\n'
+        assert exact in text
+        text = text.replace(
+            exact, exact + '  if m[2] == "cookie" then return find(";" .. value .. ";", m[3]) ~= nil end\n'
+        )
+    return text
 
 
 # ---------------------------------------------------------------- Envoy files
@@ -330,15 +352,17 @@ def cluster(name, upstream_port):
     }
 
 
-def gateway_config(services, variant, ports, graylane_wasm, minimal_wasm, lua_path, minimal_raw_wasm=None):
+def gateway_config(services, variant, ports, graylane_wasm, minimal_wasm, lua_path, minimal_raw_wasm=None,
+                   floor_wasm=None):
     gateway_port, upstream_port, admin_port = ports
     http_filters = []
     if variant == "native":
         vhosts = native_virtual_hosts(services)
     else:
         vhosts = cluster_header_virtual_hosts()
-    if variant in ("graylane", "minimal", "minimal-raw"):
-        wasm = {"graylane": graylane_wasm, "minimal": minimal_wasm, "minimal-raw": minimal_raw_wasm}[variant]
+    if variant in ("graylane", "minimal", "minimal-raw", "floor"):
+        wasm = {"graylane": graylane_wasm, "minimal": minimal_wasm, "minimal-raw": minimal_raw_wasm,
+                "floor": floor_wasm}[variant]
         configuration = json.dumps(graylane_document(services)) if variant == "graylane" else ""
         http_filters.append(
             {
@@ -502,6 +526,58 @@ def request_mix(services, n, seed):
     return out
 
 
+def cookie_request_mix(services, n, seed):
+    """Set d's client requests: hosts as in request_mix; 15 % with the matching
+    header, 12 % with the group=beta cookie (first, or after other cookies),
+    10 % with another group, 8 % with a tag, the rest plain (half of those with
+    a session cookie); independently, 10 % carry a spoofed cluster header
+    naming a canary. Deterministic."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        headers = []
+        roll = rng.random()
+        if roll < 0.05:
+            host = "www.unknown.local"
+        else:
+            s = services[rng.randrange(len(services))]
+            style = rng.random()
+            if style < 0.6:
+                host = s["exact_host"]
+            elif style < 0.9:
+                host = "api" + s["suffix_host"]
+            else:
+                host = s["exact_host"].upper()
+        headers.append(("host", host))
+        headers.append(("user-agent", "bench/1.0"))
+        headers.append(("accept", "application/json"))
+        session = f"session={rng.randrange(1 << 30):x}"
+        pick = rng.random()
+        cookie = None
+        if pick < 0.15:
+            headers.append(("x-canary", "true"))
+        elif pick < 0.27:
+            cookie = rng.choice(["group=beta", f"{session}; group=beta; theme=dark", f"{session};group=beta"])
+        elif pick < 0.37:
+            cookie = rng.choice([f"{session}; group=alpha", "group=betamax", f"{session}; xgroup=beta"])
+        elif pick < 0.42:
+            headers.append((TAG_HEADER, "canary"))
+        elif pick < 0.45:
+            headers.append((TAG_HEADER, "stable"))
+        if cookie is None and rng.random() < 0.5:
+            cookie = f"{session}; theme=dark"
+        if cookie is not None:
+            headers.append(("cookie", cookie))
+        if rng.random() < 0.10:
+            headers.append((CLUSTER_HEADER, f"s{rng.randrange(len(services))}-canary"))
+        path = f"/api/items/{rng.randrange(1000)}" + ("?page=2" if rng.random() < 0.3 else "")
+        out.append({"method": "GET", "path": path, "headers": headers})
+    return out
+
+
+REQUEST_MIXES = {"d": cookie_request_mix}
+
+
 def as_filter_sees_it(req):
     """The header map as Envoy hands it to a filter (HTTP/1.1 downstream)."""
     host = next(value for name, value in req["headers"] if name == "host")
@@ -536,7 +612,9 @@ def expected(services, req):
         value = headers.get(m["header"])
         if value is None:
             continue
-        if (m["kind"] == "exact" and value == m["value"]) or (m["kind"] == "regex" and re.search(m["value"], value)):
+        if (m["kind"] == "exact" and value == m["value"]) or (
+            m["kind"] in ("regex", "cookie_regex") and re.search(m["value"], value)
+        ):
             return ("cluster", s["canary"]["cluster"])
     if s["canary"]["weight"]:
         return ("weighted", found)
@@ -604,31 +682,38 @@ def main():
     parser.add_argument("--graylane-wasm", default="graylane.wasm")
     parser.add_argument("--minimal-wasm", default="minimal.wasm")
     parser.add_argument("--minimal-raw-wasm", default="minimal-raw.wasm")
+    parser.add_argument("--floor-wasm", default="floor.wasm")
+    parser.add_argument("--sets", default=",".join(RULE_SETS), help="the rule sets to write, e.g. d")
+    parser.add_argument("--out", default=OUT_DIR, help="where the Envoy configurations go")
     parser.add_argument("--rules-only", action="store_true", help="write bench/rules/ only")
     args = parser.parse_args()
+    out_dir = os.path.abspath(args.out)
 
     os.makedirs(RULES_DIR, exist_ok=True)
     for n in (1, 100, 1000):
         write_json(os.path.join(RULES_DIR, f"compile-{n}.json"), graylane_document(describe(n)), compact=True)
 
     for name, make in RULE_SETS.items():
+        if name not in args.sets.split(","):
+            continue
         services = make()
-        reqs = request_mix(services, REQUESTS_PER_SET, seed=ord(name))
+        reqs = REQUEST_MIXES.get(name, request_mix)(services, REQUESTS_PER_SET, seed=ord(name))
         write_json(os.path.join(RULES_DIR, f"{name}.json"), graylane_document(services))
         with open(os.path.join(RULES_DIR, f"{name}.requests.json"), "w") as f:
             f.write("[\n" + ",\n".join(json.dumps(as_filter_sees_it(r)) for r in reqs) + "\n]\n")
         if args.rules_only:
             continue
-        out = os.path.join(OUT_DIR, name)
+        out = os.path.join(out_dir, name)
         os.makedirs(out, exist_ok=True)
         lua_path = os.path.join(out, "route.lua")
         with open(lua_path, "w") as f:
             f.write(lua_script(services))
-        for variant in ("native", "graylane", "lua", "minimal", "minimal-raw"):
+        for variant in ("native", "graylane", "lua", "minimal", "minimal-raw", "floor"):
             write_json(
                 os.path.join(out, f"{variant}.json"),
                 gateway_config(
-                    services, variant, args.ports, args.graylane_wasm, args.minimal_wasm, lua_path, args.minimal_raw_wasm
+                    services, variant, args.ports, args.graylane_wasm, args.minimal_wasm, lua_path,
+                    args.minimal_raw_wasm, args.floor_wasm,
                 ),
             )
         with open(os.path.join(out, "wrk.lua"), "w") as f:
@@ -642,7 +727,7 @@ def main():
                 "clusters": {i: [s["default"]["cluster"], s["canary"]["cluster"]] for i, s in enumerate(services)},
             },
         )
-    up = os.path.join(OUT_DIR, "upstream.json")
+    up = os.path.join(out_dir, "upstream.json")
     write_json(up, upstream_config(args.ports[1], args.upstream_admin))
 
 
