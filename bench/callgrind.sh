@@ -10,7 +10,7 @@
 #   bench/callgrind.sh --help                        # the options of bench/callgrind.py
 #
 # The graylane module defaults to
-#   cargo build --release --target wasm32-wasip1 --lib --no-default-features
+#   cargo build --release --target wasm32-wasip1 -p graylane
 #   → target/wasm32-wasip1/release/graylane.wasm
 # Needs valgrind (Debian: apt-get install valgrind; callgrind_control comes
 # with it), Envoy (ENVOY=path, default .tools/venv/bin/envoy), python3 and the
@@ -37,7 +37,7 @@ done
 
 if [ -z "$graylane" ]; then
   echo "== building graylane.wasm" >&2
-  cargo build --quiet --release --target wasm32-wasip1 --lib --no-default-features
+  cargo build --quiet --release --target wasm32-wasip1 -p graylane
   graylane=$root/target/wasm32-wasip1/release/graylane.wasm
 fi
 # Copies, so that a rebuild during the run cannot swap a module.
