@@ -1,13 +1,12 @@
 //! A rule document as the command reads it: JSON or YAML from a file,
-//! compiled by the plugin's own compiler, every refusal placed at a line and
+//! compiled by the plugin's own entry point, every refusal placed at a line and
 //! column of the file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-use super::locate::{self, Location, Locations};
+use graylane_core::json::{self, Node};
+use graylane_core::read::{ConfigError, Refusal as Reason};
 use graylane_core::rules::Rules;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +32,24 @@ impl Format {
     }
 }
 
+/// A 1-based line and column; the column counts characters, not bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    fn of(text: &str, offset: u32) -> Location {
+        let (line, column) = json::line_column(text.as_bytes(), offset as usize);
+        Location { line, column }
+    }
+}
+
 /// One reason a document was refused, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// JSON path, as the compiler names it.
+    /// Path, as the compiler names it.
     pub path: String,
     pub reason: String,
     /// Where the path stands; for a missing field, the enclosing object.
@@ -109,15 +122,15 @@ impl LoadError {
 pub struct Document {
     pub file: PathBuf,
     pub format: Format,
-    /// The document as JSON, as the plugin is configured with it.
-    pub value: Value,
+    /// The document as read, as the plugin is configured with it.
+    pub node: Node,
     pub rules: Rules,
 }
 
 impl Document {
     /// The document as the one-line JSON the gateway's configuration carries.
     pub fn json(&self) -> String {
-        self.value.to_string()
+        self.node.to_json()
     }
 }
 
@@ -138,57 +151,59 @@ pub fn load_text(file: &Path, text: &str) -> Result<Document, LoadError> {
         file: file.to_path_buf(),
         refusals,
     };
-    let value = parse(format, text).map_err(|refusal| refused(vec![refusal]))?;
+    let node = parse(format, text).map_err(|refusal| refused(vec![refusal]))?;
     // The plugin's own entry point: `source` and `apisix_mode` are checked
     // too, so what passes here passes the gateway.
-    match graylane_core::source::configure_value(&value) {
+    match graylane_core::source::configure_node(&node) {
         Ok((rules, _)) => Ok(Document {
             file: file.to_path_buf(),
             format,
-            value,
+            node,
             rules,
         }),
-        Err(errors) => {
-            let locations = locations(format, text);
-            let refusals = errors
+        Err(errors) => Err(refused(
+            errors
                 .0
-                .into_iter()
-                .map(|error| Refusal {
-                    location: locations.find(&error.path).map(|(location, _)| location),
-                    path: error.path,
-                    reason: error.reason,
-                })
-                .collect();
-            Err(refused(refusals))
-        }
+                .iter()
+                .map(|error| locate(&node, text, error))
+                .collect(),
+        )),
     }
 }
 
-pub fn locations(format: Format, text: &str) -> Locations {
-    match format {
-        Format::Json => locate::json(text),
-        Format::Yaml => locate::yaml(text),
+/// Where a refusal stands in the text: a field at its key, a list item at
+/// the item, a missing field at the object that misses it; a repeated key at
+/// the repetition.
+fn locate(node: &Node, text: &str, error: &ConfigError) -> Refusal {
+    let offset = match (&error.refusal, error.offset) {
+        (Reason::RepeatedKey | Reason::Syntax(_), Some(offset)) => offset,
+        _ => node.locate(&error.path).0,
+    };
+    Refusal {
+        path: error.path.to_string(),
+        reason: error.refusal.to_string(),
+        location: Some(Location::of(text, offset)),
     }
 }
 
-/// The text as a JSON value, or a refusal at `$` with the parser's position.
-pub fn parse(format: Format, text: &str) -> Result<Value, Refusal> {
+/// The text as a tree, or a refusal at `$` with the parser's position.
+pub fn parse(format: Format, text: &str) -> Result<Node, Refusal> {
     match format {
-        Format::Json => serde_json::from_str(text).map_err(|error| Refusal {
+        Format::Json => json::parse(text.as_bytes()).map_err(|error| Refusal {
             path: "$".into(),
-            location: (error.line() > 0).then_some(Location {
-                line: error.line(),
-                column: error.column(),
-            }),
-            reason: format!("not valid JSON: {error}"),
+            location: Some(Location::of(text, error.offset as u32)),
+            reason: format!("not valid JSON: {}", error.describe(text.as_bytes())),
         }),
-        Format::Yaml => serde_norway::from_str::<Value>(text).map_err(|error| Refusal {
-            path: "$".into(),
-            location: error.location().map(|at| Location {
-                line: at.line(),
-                column: at.column(),
-            }),
-            reason: format!("not valid YAML: {error}"),
+        Format::Yaml => crate::yaml::parse(text).map_err(|error| {
+            let location = Location::of(text, error.offset as u32);
+            Refusal {
+                path: "$".into(),
+                reason: format!(
+                    "not valid YAML: {} at line {} column {}",
+                    error.message, location.line, location.column
+                ),
+                location: Some(location),
+            }
         }),
     }
 }

@@ -10,7 +10,7 @@
 pub mod document;
 pub mod envoy;
 pub mod explain;
-pub mod locate;
+pub mod yaml;
 pub mod request;
 pub mod simulate;
 

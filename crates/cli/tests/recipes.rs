@@ -171,7 +171,7 @@ fn the_scan_finds_rules_in_strings_and_objects_and_refuses_bad_ones() {
     assert!(graylane_core::config::compile(&serde_json::to_vec(&found[0]).unwrap()).is_ok());
     // The second names a default that is no subset: the check would fail.
     let refused = graylane_core::config::compile(&serde_json::to_vec(&found[1]).unwrap()).unwrap_err();
-    assert_eq!(refused.0[0].path, "services[0].default");
+    assert_eq!(refused.0[0].path.to_string(), "services[0].default");
 }
 
 #[test]

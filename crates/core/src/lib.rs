@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod json;
+pub mod read;
 pub mod decision;
 pub mod metrics;
 pub mod registry;

@@ -17,19 +17,20 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
-
-use crate::config::ConfigError;
+use crate::config::service::read_service;
+use crate::json::{self, Node, Value};
+use crate::read::{ConfigErrors, Object, Path};
 
 /// How registry instances become a graylane service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryService {
     /// The graylane service name (the registry's service name by default).
     pub name: String,
-    pub hosts: Option<Vec<String>>,
-    pub path_prefix: Option<String>,
-    /// `sticky` object, as in the contract.
-    pub sticky: Option<Value>,
+    /// `hosts`, `path_prefix` and `sticky` as given in `source.service`,
+    /// copied into the service the registry's answer makes.
+    pub hosts: Option<Node>,
+    pub path_prefix: Option<Node>,
+    pub sticky: Option<Node>,
     /// Cluster name for a subset: `{service}` and `{subset}` are replaced.
     pub cluster_template: String,
 }
@@ -52,91 +53,64 @@ impl RegistryService {
             .replace("{service}", &self.name)
             .replace("{subset}", subset)
     }
+
+    /// The service these settings make, given its default and subsets.
+    fn service_node(&self, default: &str, subsets: Vec<Node>) -> Node {
+        let mut service = Node::object([("name", Node::string(self.name.as_str()))]);
+        for (key, value) in [
+            ("hosts", &self.hosts),
+            ("path_prefix", &self.path_prefix),
+            ("sticky", &self.sticky),
+        ] {
+            if let Some(value) = value {
+                service.insert(key, value.clone());
+            }
+        }
+        service.insert("default", Node::string(default));
+        service.insert("subsets", Node::list(subsets));
+        service
+    }
 }
 
 /// Reads `source.service` of a registry source: `{"name", "hosts"?,
 /// "path_prefix"?, "sticky"?, "cluster_template"?}`. The fields are checked
 /// now, when the plugin is configured, by compiling the service they would
 /// make with one stable subset; a refusal names `source.service.…`.
-pub fn read_service_settings(value: &Value) -> Result<RegistryService, Vec<ConfigError>> {
-    const PATH: &str = "source.service";
-    const FIELDS: &[&str] = &["name", "hosts", "path_prefix", "sticky", "cluster_template"];
-    let refuse = |path: &str, reason: String| {
-        vec![ConfigError {
-            path: path.to_string(),
-            reason,
-        }]
+pub fn read_service_settings(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<RegistryService> {
+    let before = errors.0.len();
+    let mut object = Object::new(node, path, errors)?;
+    let name = match object.non_empty_string("name", false, errors) {
+        Some((name, _)) => Some(name),
+        None if !object.has("name") => {
+            object.missing("name", errors, Some(": the graylane service name".into()));
+            None
+        }
+        None => None,
     };
-    let Some(object) = value.as_object() else {
-        return Err(refuse(
-            PATH,
-            "must be an object with the service name".into(),
-        ));
-    };
-    if let Some(unknown) = object
-        .keys()
-        .find(|k| !FIELDS.contains(&k.as_str()) && !k.starts_with('_'))
-    {
-        return Err(refuse(
-            &format!("{PATH}.{unknown}"),
-            format!("unknown field; expected one of: {}", FIELDS.join(", ")),
-        ));
-    }
-    let Some(name) = object
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    else {
-        return Err(refuse(
-            &format!("{PATH}.name"),
-            "is required: the graylane service name".into(),
-        ));
-    };
-    let mut service = RegistryService::named(name);
-    if let Some(template) = object.get("cluster_template") {
+    let mut service = RegistryService::named(name.as_deref().unwrap_or("-"));
+    if let Some((template, template_node)) = object.get("cluster_template") {
         match template.as_str() {
             Some(text) if text.contains("{subset}") => service.cluster_template = text.to_string(),
-            _ => {
-                return Err(refuse(
-                    &format!("{PATH}.cluster_template"),
-                    "must be a string containing {subset}, such as \"{service}-{subset}\"".into(),
-                ))
-            }
+            _ => errors.push(
+                &template_node,
+                template,
+                "must be a string containing {subset}, such as \"{service}-{subset}\"",
+            ),
         }
     }
-    let mut probe = Map::new();
-    probe.insert("name".into(), json!(name));
-    for field in ["hosts", "path_prefix", "sticky"] {
-        if let Some(value) = object.get(field) {
-            probe.insert(field.into(), value.clone());
-        }
-    }
-    probe.insert("default".into(), json!("stable"));
-    probe.insert(
-        "subsets".into(),
-        json!([{ "name": "stable", "cluster": service.cluster("stable") }]),
-    );
-    if let Err(errors) =
-        crate::config::compile_value(&json!({ "services": [Value::Object(probe)] }))
-    {
-        return Err(errors
-            .0
-            .into_iter()
-            .map(|error| ConfigError {
-                path: error.path.replacen("services[0]", PATH, 1),
-                reason: error.reason,
-            })
-            .collect());
-    }
-    service.hosts = object
-        .get("hosts")
-        .and_then(|h| serde_json::from_value(h.clone()).ok());
-    service.path_prefix = object
-        .get("path_prefix")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    service.sticky = object.get("sticky").cloned();
-    Ok(service)
+    service.hosts = object.get("hosts").map(|(node, _)| node.clone());
+    service.path_prefix = object.get("path_prefix").map(|(node, _)| node.clone());
+    service.sticky = object.get("sticky").map(|(node, _)| node.clone());
+    object.finish(&[], errors);
+    name.as_ref()?;
+    // The same checks as a service of the rules, named where they stand.
+    let stable = Node::object([
+        ("name", Node::string("stable")),
+        ("cluster", Node::string(service.cluster("stable"))),
+    ]);
+    let probe = service.service_node("stable", vec![stable]);
+    read_service(&probe, path, errors);
+    (errors.0.len() == before).then_some(service)
 }
 
 /// One instance's labels, as the registry carried them.
@@ -159,11 +133,15 @@ struct Gathered {
     live: bool,
 }
 
+/// Parses a registry's answer.
+fn parse_answer(body: &[u8], registry: &str) -> Result<Node, String> {
+    json::parse(body).map_err(|e| format!("{registry} answer is not JSON: {}", e.describe(body)))
+}
+
 /// A Consul health or catalog answer → `{"services": [one service]}`.
-pub fn consul_document(body: &[u8], service: &RegistryService) -> Result<Value, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("Consul answer is not JSON: {e}"))?;
-    let Value::Array(entries) = value else {
+pub fn consul_document(body: &[u8], service: &RegistryService) -> Result<Node, String> {
+    let answer = parse_answer(body, "Consul")?;
+    let Some(entries) = answer.as_array() else {
         return Err("Consul answer must be a list of service instances".into());
     };
     let mut instances = Vec::new();
@@ -174,14 +152,19 @@ pub fn consul_document(body: &[u8], service: &RegistryService) -> Result<Value, 
             None => (entry.get("ServiceID"), entry.get("ServiceMeta")),
         };
         let id = id
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .map_or_else(|| format!("[{position}]"), str::to_string);
         let meta = match meta {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(meta)) => meta.clone(),
+            None => None,
+            Some(meta) if meta.is_null() => None,
+            Some(meta) if meta.as_object().is_some() => Some(meta),
             Some(_) => return Err(format!("instance {id}: Meta must be an object")),
         };
-        let text = |key: &str| meta.get(key).and_then(Value::as_str).map(str::to_string);
+        let text = |key: &str| {
+            meta.and_then(|m| m.get(key))
+                .and_then(Node::as_str)
+                .map(str::to_string)
+        };
         let flag = |key: &str| text(key).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         instances.push(Labels {
             id,
@@ -197,27 +180,26 @@ pub fn consul_document(body: &[u8], service: &RegistryService) -> Result<Value, 
 
 /// A Nacos instance list (v1, or v2 with its `data` wrapper) →
 /// `{"services": [one service]}`.
-pub fn nacos_document(body: &[u8], service: &RegistryService) -> Result<Value, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("Nacos answer is not JSON: {e}"))?;
-    let list = value.get("data").unwrap_or(&value);
-    let Some(hosts) = list.get("hosts").and_then(Value::as_array) else {
+pub fn nacos_document(body: &[u8], service: &RegistryService) -> Result<Node, String> {
+    let answer = parse_answer(body, "Nacos")?;
+    let list = answer.get("data").unwrap_or(&answer);
+    let Some(hosts) = list.get("hosts").and_then(Node::as_array) else {
         return Err("Nacos answer must carry a hosts list".into());
     };
     let mut instances = Vec::new();
     for (position, host) in hosts.iter().enumerate() {
-        let usable = |key: &str| host.get(key).and_then(Value::as_bool).unwrap_or(true);
+        let usable = |key: &str| host.get(key).and_then(Node::as_bool).unwrap_or(true);
         if !usable("healthy") || !usable("enabled") {
             continue;
         }
         let id = host
             .get("instanceId")
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .map_or_else(|| format!("hosts[{position}]"), str::to_string);
         let gray = host
             .get("metadata")
             .and_then(|m| m.get("gray-tag"))
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let mut labels = Labels {
             id,
@@ -268,7 +250,7 @@ fn agree(
     }
 }
 
-fn build(instances: Vec<Labels>, service: &RegistryService) -> Result<Value, String> {
+fn build(instances: Vec<Labels>, service: &RegistryService) -> Result<Node, String> {
     let mut subsets: BTreeMap<&str, Gathered> = BTreeMap::new();
     for labels in &instances {
         let name = subset_of(labels)?;
@@ -308,44 +290,35 @@ fn build(instances: Vec<Labels>, service: &RegistryService) -> Result<Value, Str
             continue;
         }
         seen.push(name);
-        let mut subset = Map::new();
-        subset.insert("name".into(), json!(name));
-        subset.insert("cluster".into(), json!(service.cluster(name)));
+        let mut subset = Node::object([
+            ("name", Node::string(name)),
+            ("cluster", Node::string(service.cluster(name))),
+        ]);
         if name == "canary" {
-            subset.insert("canary".into(), json!(true));
+            subset.insert("canary", Node::new(Value::Bool(true)));
         }
         if name == "blue" || name == "green" {
-            subset.insert("bluegreen".into(), json!(name));
+            subset.insert("bluegreen", Node::string(name));
         }
         if let Some((weight, id)) = &gathered.weight {
-            let number: f64 = weight.trim().parse().map_err(|_| {
-                format!("instance {id}: weight must be a number of percent, got {weight:?}")
-            })?;
-            subset.insert("weight".into(), json!(number));
+            let number = json::parse(weight.trim().as_bytes())
+                .ok()
+                .filter(|node| node.as_number().is_some())
+                .ok_or_else(|| {
+                    format!("instance {id}: weight must be a number of percent, got {weight:?}")
+                })?;
+            subset.insert("weight", number);
         }
         if let Some((matches, id)) = &gathered.matches {
             subset.insert(
-                "match".into(),
+                "match",
                 match_entries(matches).map_err(|e| format!("instance {id}: match {e}"))?,
             );
         }
-        subset_list.push(Value::Object(subset));
+        subset_list.push(subset);
     }
-
-    let mut document = Map::new();
-    document.insert("name".into(), json!(service.name));
-    if let Some(hosts) = &service.hosts {
-        document.insert("hosts".into(), json!(hosts));
-    }
-    if let Some(prefix) = &service.path_prefix {
-        document.insert("path_prefix".into(), json!(prefix));
-    }
-    if let Some(sticky) = &service.sticky {
-        document.insert("sticky".into(), sticky.clone());
-    }
-    document.insert("default".into(), json!(default));
-    document.insert("subsets".into(), Value::Array(subset_list));
-    Ok(json!({ "services": [Value::Object(document)] }))
+    let service = service.service_node(default, subset_list);
+    Ok(Node::object([("services", Node::list(vec![service]))]))
 }
 
 /// Unlabelled instances are the default. Without them, a blue-green service's
@@ -373,66 +346,77 @@ fn choose_default(subsets: &BTreeMap<&str, Gathered>) -> Result<&'static str, St
 /// convention of the source article, where each entry may hold
 /// `header: [{key, value_match}]`, `cookie: {regex}` and
 /// `uri: [{prefix: [..]}]`.
-fn match_entries(text: &str) -> Result<Value, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("is not JSON: {e}"))?;
-    let Value::Array(entries) = value else {
+fn match_entries(text: &str) -> Result<Node, String> {
+    let value = json::parse(text.as_bytes())
+        .map_err(|e| format!("is not JSON: {}", e.describe(text.as_bytes())))?;
+    let Some(entries) = value.as_array() else {
         return Err("must be a JSON list of match entries".into());
     };
     let mut out = Vec::new();
     for entry in entries {
-        let Some(object) = entry.as_object() else {
+        let Some(members) = entry.as_object() else {
             return Err("entries must be objects".into());
         };
-        let article_style = ["header", "cookie", "uri"]
+        let article_style = members
             .iter()
-            .any(|k| object.contains_key(*k));
+            .any(|member| ["header", "cookie", "uri"].contains(&member.key.as_str()));
         if !article_style {
             out.push(entry.clone());
             continue;
         }
-        let mut converted = Map::new();
-        if let Some(headers) = object.get("header").and_then(Value::as_array) {
-            let list: Vec<Value> = headers
+        let mut converted = Node::object(Vec::<(String, Node)>::new());
+        if let Some(headers) = entry.get("header").and_then(Node::as_array) {
+            let null = Node::new(Value::Null);
+            let list: Vec<Node> = headers
                 .iter()
-                .map(|h| json!({ "name": h.get("key").cloned().unwrap_or(Value::Null), "exact": h.get("value_match").cloned().unwrap_or(Value::Null) }))
+                .map(|h| {
+                    Node::object([
+                        ("name", h.get("key").unwrap_or(&null).clone()),
+                        ("exact", h.get("value_match").unwrap_or(&null).clone()),
+                    ])
+                })
                 .collect();
-            converted.insert("headers".into(), Value::Array(list));
+            converted.insert("headers", Node::list(list));
         }
-        if let Some(regex) = object.get("cookie").and_then(|c| c.get("regex")) {
-            converted.insert("cookie_regex".into(), regex.clone());
+        if let Some(regex) = entry.get("cookie").and_then(|c| c.get("regex")) {
+            converted.insert("cookie_regex", regex.clone());
         }
-        let prefixes: Vec<Value> = object
+        let prefixes: Vec<Node> = entry
             .get("uri")
-            .and_then(Value::as_array)
+            .and_then(Node::as_array)
             .into_iter()
             .flatten()
             .filter_map(|u| u.get("prefix"))
-            .flat_map(|p| match p {
-                Value::Array(list) => list.clone(),
-                single => vec![single.clone()],
+            .flat_map(|p| match p.as_array() {
+                Some(list) => list.to_vec(),
+                None => vec![p.clone()],
             })
             .collect();
         if prefixes.is_empty() {
-            out.push(Value::Object(converted));
+            out.push(converted);
             continue;
         }
         // One path per entry: each prefix makes its own entry with the rest.
         for prefix in prefixes {
             let mut with_path = converted.clone();
-            with_path.insert("path".into(), json!({ "prefix": prefix }));
-            out.push(Value::Object(with_path));
+            with_path.insert("path", Node::object([("prefix", prefix)]));
+            out.push(with_path);
         }
     }
-    Ok(Value::Array(out))
+    Ok(Node::list(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile_value;
+    use crate::config::compile_node;
 
-    fn compiled(document: &Value) -> crate::rules::Rules {
-        compile_value(document).unwrap()
+    fn compiled(document: &Node) -> crate::rules::Rules {
+        compile_node(document).unwrap()
+    }
+
+    fn node(text: &str) -> Node {
+        json::parse(text.as_bytes()).unwrap()
     }
 
     #[test]
@@ -502,7 +486,7 @@ mod tests {
             (br#"[{"ServiceID":"a","ServiceMeta":{"canary":"true","weight":"five"}}, {"ServiceID":"s"}]"#, "instance a: weight must be a number of percent, got \"five\""),
             (br#"[{"ServiceID":"a","ServiceMeta":{"bluegreen":"red"}}]"#, "instance a: bluegreen must be blue or green, got \"red\""),
             (br#"[{"ServiceID":"a","ServiceMeta":{"canary":"true"}}]"#, "no instance can take the default traffic: every instance is canary or gray"),
-            (br#"[{"ServiceID":"s"},{"ServiceID":"a","ServiceMeta":{"canary":"true","match":"{"}}]"#, "instance a: match is not JSON: EOF while parsing an object at line 1 column 1"),
+            (br#"[{"ServiceID":"s"},{"ServiceID":"a","ServiceMeta":{"canary":"true","match":"{"}}]"#, "instance a: match is not JSON: EOF while parsing an object at line 1 column 2"),
         ];
         for (body, want) in cases {
             assert_eq!(
@@ -516,7 +500,7 @@ mod tests {
     fn a_weight_over_100_reaches_the_validator() {
         let body = br#"[{"ServiceID":"s"},{"ServiceID":"a","ServiceMeta":{"canary":"true","weight":"120"}}]"#;
         let document = consul_document(body, &RegistryService::named("b")).unwrap();
-        let errors = compile_value(&document).unwrap_err().to_string();
+        let errors = compile_node(&document).unwrap_err().to_string();
         assert_eq!(
             errors,
             "services[0].subsets[1].weight: must be between 0 and 100 (percent), got 120"
@@ -525,20 +509,25 @@ mod tests {
 
     #[test]
     fn service_settings_are_checked_when_configured() {
-        let good = json!({"name": "b", "hosts": ["b.example.com"], "path_prefix": "/api/b", "sticky": {"header": "userid"}, "cluster_template": "outbound|80|{subset}|b"});
-        let service = read_service_settings(&good).unwrap();
+        let path = Path::of(&["source", "service"]);
+        let good = node(r#"{"name": "b", "hosts": ["b.example.com"], "path_prefix": "/api/b", "sticky": {"header": "userid"}, "cluster_template": "outbound|80|{subset}|b"}"#);
+        let mut errors = ConfigErrors::default();
+        let service = read_service_settings(&good, &path, &mut errors).unwrap();
+        assert!(errors.is_empty());
         assert_eq!(service.cluster("canary"), "outbound|80|canary|b");
-        assert_eq!(service.hosts, Some(vec!["b.example.com".to_string()]));
+        assert_eq!(service.hosts.unwrap().to_json(), r#"["b.example.com"]"#);
         let cases = [
-            (json!({"hosts": ["x"]}), "source.service.name: is required: the graylane service name"),
-            (json!({"name": "b", "hosts": ["a.*.com"]}), "source.service.hosts[0]: \"a.*.com\": '*' is allowed only as a leading '*.'"),
-            (json!({"name": "b", "sticky": {"source_ip": false}}), "source.service.sticky.source_ip: must be true (leave sticky out for no sticky key)"),
-            (json!({"name": "b", "cluster_template": "{service}"}), "source.service.cluster_template: must be a string containing {subset}, such as \"{service}-{subset}\""),
-            (json!({"name": "b", "weight": 5}), "source.service.weight: unknown field; expected one of: name, hosts, path_prefix, sticky, cluster_template"),
+            (r#"{"hosts": ["x"]}"#, "source.service.name: is required: the graylane service name"),
+            (r#"{"name": "b", "hosts": ["a.*.com"]}"#, "source.service.hosts[0]: \"a.*.com\": '*' is allowed only as a leading '*.'"),
+            (r#"{"name": "b", "sticky": {"source_ip": false}}"#, "source.service.sticky.source_ip: must be true (leave sticky out for no sticky key)"),
+            (r#"{"name": "b", "cluster_template": "{service}"}"#, "source.service.cluster_template: must be a string containing {subset}, such as \"{service}-{subset}\""),
+            (r#"{"name": "b", "weight": 5}"#, "source.service.weight: unknown field; expected one of: cluster_template, hosts, name, path_prefix, sticky"),
+            (r#"{"name": "b", "name": "c"}"#, "source.service.name: repeats a key of this object (which one counts would depend on the parser)"),
         ];
         for (value, want) in cases {
-            let errors = read_service_settings(&value).unwrap_err();
-            assert_eq!(errors[0].to_string(), want);
+            let mut errors = ConfigErrors::default();
+            assert!(read_service_settings(&node(value), &path, &mut errors).is_none(), "{value}");
+            assert_eq!(errors.0[0].to_string(), want);
         }
     }
 
@@ -572,7 +561,7 @@ mod tests {
         use crate::split::WeylSequence;
         let body = br#"{"hosts":[{"instanceId":"u1"},{"instanceId":"u2","metadata":{"gray-tag":"true"}}]}"#;
         let mut service = RegistryService::named("user");
-        service.hosts = Some(vec!["user.example.com".into()]);
+        service.hosts = Some(node(r#"["user.example.com"]"#));
         let rules = compiled(&nacos_document(body, &service).unwrap());
         let tagged: [(&[u8], &[u8]); 3] = [
             (b":authority", b"user.example.com"),

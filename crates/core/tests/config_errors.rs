@@ -82,6 +82,12 @@ fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "tag_header", "must differ from cluster_header"),
         ("trust_tag not a boolean", r#"{"trust_tag":"no","services":[]}"#.into(), "trust_tag", "must be true or false, got a string"),
         ("no subsets", r#"{"services":[{"name":"b","default":"a","subsets":[]}]}"#.into(), "services[0].subsets", "at least one subset"),
+        ("repeated key", r#"{"services":[{"name":"b","default":"a","name":"c","subsets":[{"name":"a","cluster":"c"}]}]}"#.into(),
+            "services[0].name", "repeats a key of this object"),
+        ("repeated cluster key", service_with_subsets(r#"[{"name":"stable","cluster":"c1","cluster":"c3"}]"#),
+            "services[0].subsets[0].cluster", "repeats a key of this object"),
+        ("repeated top-level key", r#"{"trust_tag":false,"trust_tag":true,"services":[]}"#.into(),
+            "trust_tag", "repeats a key"),
         ("bluegreen label", service_with_subsets(r#"[{"name":"stable","cluster":"s","bluegreen":"purple"}]"#),
             "services[0].subsets[0].bluegreen", "must be \"blue\" or \"green\""),
     ]
@@ -94,7 +100,7 @@ fn each_bad_configuration_names_its_field_and_reason() {
         let errors = errors_of(&document);
         if !errors
             .iter()
-            .any(|e| e.path == path && e.reason.contains(reason))
+            .any(|e| e.path.to_string() == path && e.refusal.to_string().contains(reason))
         {
             failures.push(format!("{what}: want {path}: …{reason}…; got {errors:?}"));
         }
@@ -107,7 +113,7 @@ fn all_refusals_are_reported_at_once() {
     let document = r#"{"services":[{"name":"b","default":"x","subsets":[
         {"name":"a","cluster":"a","weight":101},
         {"name":"c","cluster":"c","match":[{"headers":[{"name":"h","regex":"("}]}]}]}]}"#;
-    let paths: Vec<String> = errors_of(document).into_iter().map(|e| e.path).collect();
+    let paths: Vec<String> = errors_of(document).into_iter().map(|e| e.path.to_string()).collect();
     assert_eq!(
         paths,
         [
@@ -164,7 +170,8 @@ fn damaged_documents_never_panic() {
                         && errors
                             .0
                             .iter()
-                            .all(|e| !e.path.is_empty() && !e.reason.is_empty())
+                            .all(|e| e.offset.is_some_and(|at| at as usize <= variant.len())
+                                && !e.refusal.to_string().is_empty())
                 );
                 refused += 1;
             }

@@ -25,11 +25,10 @@
 
 use std::fmt;
 
-use serde_json::Value;
-
 use super::codec::{base64_decode, base64_encode};
 use super::settings::{Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutRequest, CalloutResponse, Host, StoreError};
+use crate::json::{self, Node};
 use crate::metrics;
 use crate::registry;
 use crate::rules::Rules;
@@ -488,7 +487,7 @@ impl Fetcher {
         &self,
         response: &CalloutResponse,
         registry_name: &str,
-        translate: impl Fn(&[u8]) -> Result<Value, String>,
+        translate: impl Fn(&[u8]) -> Result<Node, String>,
     ) -> Outcome {
         let Some(status) = response.status else {
             return Outcome::Failed(Failure::NoResponse);
@@ -497,7 +496,7 @@ impl Fetcher {
             return Outcome::Failed(Failure::Status(status));
         }
         let document = match translate(&response.body) {
-            Ok(document) => document.to_string().into_bytes(),
+            Ok(document) => document.to_json().into_bytes(),
             Err(why) => {
                 return Outcome::Failed(Failure::Rejected(format!("{registry_name}: {why}")))
             }
@@ -525,16 +524,18 @@ impl Fetcher {
         if !(200..300).contains(&status) {
             return Outcome::Failed(Failure::Status(status));
         }
-        let Ok(reply) = serde_json::from_slice::<Value>(&response.body) else {
+        let Ok(reply) = json::parse(&response.body) else {
             return Outcome::Failed(Failure::Etcd("not JSON".into()));
         };
-        let Some(reply) = reply.as_object() else {
+        if reply.as_object().is_none() {
             return Outcome::Failed(Failure::Etcd("not a JSON object".into()));
-        };
+        }
         let kv = match reply.get("kvs") {
             None => None,
-            Some(Value::Array(kvs)) => kvs.first(),
-            Some(_) => return Outcome::Failed(Failure::Etcd("kvs is not a list".into())),
+            Some(kvs) => match kvs.as_array() {
+                Some(kvs) => kvs.first(),
+                None => return Outcome::Failed(Failure::Etcd("kvs is not a list".into())),
+            },
         };
         let Some(kv) = kv else {
             // With min_mod_revision, an unchanged key is counted but not sent.
@@ -554,11 +555,13 @@ impl Fetcher {
         }
         let body = match kv.get("value") {
             None => Vec::new(),
-            Some(Value::String(encoded)) => match base64_decode(encoded) {
-                Some(body) => body,
-                None => return Outcome::Failed(Failure::Etcd("value is not base64".into())),
+            Some(value) => match value.as_str() {
+                Some(encoded) => match base64_decode(encoded) {
+                    Some(body) => body,
+                    None => return Outcome::Failed(Failure::Etcd("value is not base64".into())),
+                },
+                None => return Outcome::Failed(Failure::Etcd("value is not a string".into())),
             },
-            Some(_) => return Outcome::Failed(Failure::Etcd("value is not a string".into())),
         };
         Outcome::Document {
             body,
@@ -733,11 +736,11 @@ impl Fetcher {
     }
 }
 
-fn as_integer(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(number) => number.as_u64(),
-        Value::String(text) => text.parse().ok(),
-        _ => None,
+/// etcd's JSON gateway writes 64-bit integers as strings.
+fn as_integer(value: &Node) -> Option<u64> {
+    match value.as_number() {
+        Some(number) => number.as_u64(),
+        None => value.as_str()?.parse().ok(),
     }
 }
 

@@ -17,13 +17,11 @@ pub mod settings;
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
-
 use crate::config;
 use crate::rules::Rules;
 
 pub use fetcher::{FetchState, Fetcher, Installed};
-pub use settings::{configure, configure_value, Extensions, Format, SourceConfig};
+pub use settings::{configure, configure_node, Extensions, Format, SourceConfig};
 
 /// Milliseconds since the Unix epoch (any monotonic-enough origin will do).
 pub trait Clock {
@@ -123,78 +121,15 @@ impl SharedStore for LocalStore {
     }
 }
 
-/// What a fetched document does not carry: it comes from the inline
-/// configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
-    pub cluster_header: String,
-    pub tag_header: String,
-    pub trust_tag: bool,
-}
-
-impl Base {
-    pub fn of(rules: &Rules) -> Self {
-        Base {
-            cluster_header: rules.cluster_header.clone(),
-            tag_header: rules.tag_header.clone(),
-            trust_tag: rules.trust_tag,
-        }
-    }
-}
+pub use crate::config::Base;
 
 /// Compiles a fetched document: `{"services": [...]}`, with an optional
 /// integer `version` shown as the version gauge. Header names and
 /// `trust_tag` come from `base`; the document may not set them. The error
-/// names fields as JSON paths, as for the inline configuration.
+/// names fields as paths, as for the inline configuration.
 pub fn compile_fetched(base: &Base, body: &[u8]) -> Result<(Rules, Option<u64>), String> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        let mut text = error.to_string();
-        text.truncate(200);
-        format!("$: not valid JSON: {text}")
-    })?;
-    let Value::Object(object) = value else {
-        return Err("$: must be an object with services".into());
-    };
-    let mut problems = Vec::new();
-    let mut version = None;
-    let mut services = None;
-    for (key, value) in &object {
-        match key.as_str() {
-            "services" => services = Some(value.clone()),
-            "version" => match value.as_u64() {
-                Some(number) => version = Some(number),
-                None => problems.push(format!(
-                    "version: must be a non-negative integer, got {value}"
-                )),
-            },
-            _ if key.starts_with('_') => {}
-            "cluster_header" | "tag_header" | "trust_tag" | "source" | "apisix_mode" => problems
-                .push(format!(
-                    "{key}: comes from the plugin configuration, not from the rules source"
-                )),
-            _ => problems.push(format!(
-                "{key}: unknown field; expected one of: services, version"
-            )),
-        }
-    }
-    let Some(services) = services else {
-        problems.push("services: is required".into());
-        return Err(problems.join("; "));
-    };
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    let mut document = Map::new();
-    document.insert(
-        "cluster_header".into(),
-        Value::String(base.cluster_header.clone()),
-    );
-    document.insert("tag_header".into(), Value::String(base.tag_header.clone()));
-    document.insert("trust_tag".into(), Value::Bool(base.trust_tag));
-    document.insert("services".into(), services);
-    config::compile_value(&Value::Object(document))
-        .map(|rules| (rules, version))
-        .map_err(|errors| errors.to_string())
+    let document = config::parse_document(body).map_err(|errors| errors.to_string())?;
+    config::compile_fetched(base, &document).map_err(|errors| errors.to_string())
 }
 
 #[cfg(test)]
@@ -229,6 +164,8 @@ mod tests {
         assert!(error.starts_with("$: not valid JSON"), "{error}");
         let error = compile_fetched(&base(), b"[]").unwrap_err();
         assert!(error.starts_with("$: must be an object"), "{error}");
+        let error = compile_fetched(&base(), br#"{"services":[],"services":[]}"#).unwrap_err();
+        assert!(error.starts_with("services: repeats a key"), "{error}");
         let error = compile_fetched(&base(), br#"{"servics":[]}"#).unwrap_err();
         assert!(error.contains("servics: unknown field"), "{error}");
         assert!(error.contains("services: is required"), "{error}");

@@ -1,10 +1,10 @@
 //! The optional `source` section and the `apisix_mode` switch of the plugin
 //! configuration. [`crate::config`] lets both fields through; they are read
-//! here, with the same JSON-path error style (`source.interval_ms: must be …`).
+//! here, with the same reader and refusals (`source.interval_ms: must be …`).
 
-use serde_json::{Map, Value};
-
-use crate::config::{self, check_header_name, kind, ConfigError, ConfigErrors};
+use crate::config::{self, check_header_name};
+use crate::json::Node;
+use crate::read::{wrong_type, ConfigError, ConfigErrors, Object, Path};
 use crate::registry::{read_service_settings, RegistryService};
 use crate::rules::Rules;
 
@@ -65,254 +65,189 @@ pub struct Extensions {
 /// document through here, so the command accepts exactly what the gateway
 /// accepts.
 pub fn configure(document: &[u8]) -> Result<(Rules, Extensions), ConfigErrors> {
-    configure_value(&config::parse_document(document)?)
+    configure_node(&config::parse_document(document)?)
 }
 
 /// As [`configure`], for a document already parsed (the command reads YAML).
-pub fn configure_value(value: &Value) -> Result<(Rules, Extensions), ConfigErrors> {
-    let rules = config::compile_value(value);
+pub fn configure_node(document: &Node) -> Result<(Rules, Extensions), ConfigErrors> {
+    let rules = config::compile_node(document);
     // A document that is not an object has no extensions to read: the rules
     // compiler refuses it already.
-    let extensions = value
-        .as_object()
-        .map_or_else(|| Ok(Extensions::default()), read_extensions_value);
-    match (rules, extensions) {
-        (Ok(rules), Ok(extensions)) => Ok((rules, extensions)),
-        (rules, extensions) => Err(ConfigErrors(
-            rules
-                .err()
-                .into_iter()
-                .chain(extensions.err())
-                .flat_map(|errors| errors.0)
-                .collect(),
-        )),
-    }
-}
-
-pub fn read_extensions_value(root: &Map<String, Value>) -> Result<Extensions, ConfigErrors> {
-    let mut errors = Vec::new();
-    let apisix_mode = match root.get("apisix_mode") {
-        None => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(other) => {
-            push(
-                &mut errors,
-                "apisix_mode",
-                format!("must be true or false, got {}", kind(other)),
-            );
-            false
-        }
-    };
-    let source = match root.get("source") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(object)) => read_source(object, &mut errors),
-        Some(other) => {
-            push(
-                &mut errors,
-                "source",
-                format!("must be an object, got {}", kind(other)),
-            );
-            None
-        }
-    };
-    if errors.is_empty() {
-        Ok(Extensions {
-            source,
-            apisix_mode,
-        })
+    let mut errors = ConfigErrors::default();
+    let extensions = if document.as_object().is_some() {
+        read_extensions(document, &mut errors)
     } else {
-        Err(ConfigErrors(errors))
+        Extensions::default()
+    };
+    match rules {
+        Ok(rules) if errors.is_empty() => Ok((rules, extensions)),
+        Ok(_) => Err(errors),
+        Err(mut refused) => {
+            refused.0.extend(errors.0);
+            Err(refused)
+        }
     }
 }
 
-const SOURCE_FIELDS: &[&str] = &[
-    "format",
-    "cluster",
-    "path",
-    "authority",
-    "headers",
-    "key",
-    "service",
-    "interval_ms",
-    "timeout_ms",
-    "jitter_percent",
-    "max_backoff_ms",
-];
-
-fn read_source(object: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Option<SourceConfig> {
-    let before = errors.len();
-    for key in object.keys() {
-        if !SOURCE_FIELDS.contains(&key.as_str()) && !key.starts_with('_') {
-            push(
-                errors,
-                &format!("source.{key}"),
-                format!(
-                    "unknown field; expected one of: {}",
-                    sorted(SOURCE_FIELDS).join(", ")
-                ),
-            );
+fn read_extensions(document: &Node, errors: &mut ConfigErrors) -> Extensions {
+    let mut extensions = Extensions::default();
+    if let Some(flag) = document.get("apisix_mode") {
+        match flag.as_bool() {
+            Some(flag) => extensions.apisix_mode = flag,
+            None => errors.push(&Path::of(&["apisix_mode"]), flag, wrong_type("true or false", flag)),
         }
     }
-    let format_name = string_field(object, "format", errors).unwrap_or_else(|| "graylane".into());
-    let key = string_field(object, "key", errors);
+    match document.get("source") {
+        None => {}
+        Some(node) if node.is_null() => {}
+        Some(node) => extensions.source = read_source(node, &Path::of(&["source"]), errors),
+    }
+    extensions
+}
+
+fn read_source(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<SourceConfig> {
+    let before = errors.0.len();
+    let mut object = Object::new(node, path, errors)?;
+    let format_name = object
+        .string("format", errors)
+        .map_or_else(|| "graylane".to_string(), |(name, _)| name);
+    let key = object.string("key", errors);
     let format = match format_name.as_str() {
         "graylane" => {
-            if key.is_some() {
-                push(
-                    errors,
-                    "source.key",
-                    "is only for format \"etcd\" (the graylane format serves the document at path)",
-                );
+            if let Some((_, key_path)) = &key {
+                refuse_at(errors, &object, "key", key_path,
+                    "is only for format \"etcd\" (the graylane format serves the document at path)");
             }
             Some(Format::Graylane)
         }
         "etcd" => match key {
-            Some(key) if !key.is_empty() => Some(Format::Etcd { key }),
-            Some(_) => {
-                push(errors, "source.key", "must not be empty");
+            Some((key, _)) if !key.is_empty() => Some(Format::Etcd { key }),
+            Some((_, key_path)) => {
+                refuse_at(errors, &object, "key", &key_path, "must not be empty");
                 None
             }
             None => {
-                push(errors, "source.key", "is required for format \"etcd\"");
+                object.missing("key", errors, Some(" for format \"etcd\"".into()));
                 None
             }
         },
-        "consul" | "nacos" => match object.get("service").map(read_service_settings) {
-            Some(Ok(service)) if format_name == "consul" => Some(Format::Consul { service }),
-            Some(Ok(service)) => Some(Format::Nacos { service }),
-            Some(Err(refusals)) => {
-                errors.extend(refusals);
-                None
+        "consul" | "nacos" => match object.get("service") {
+            Some((service_node, service_path)) => {
+                match read_service_settings(service_node, &service_path, errors) {
+                    Some(service) if format_name == "consul" => Some(Format::Consul { service }),
+                    Some(service) => Some(Format::Nacos { service }),
+                    None => None,
+                }
             }
             None => {
-                push(
+                object.missing(
+                    "service",
                     errors,
-                    "source.service",
-                    format!("is required for format {format_name:?}: {{\"name\": …}}"),
+                    Some(format!(" for format {format_name:?}: {{\"name\": …}}")),
                 );
                 None
             }
         },
         other => {
-            push(
+            let format_path = object.child("format");
+            refuse_at(
                 errors,
-                "source.format",
-                format!("must be \"graylane\", \"etcd\", \"consul\" or \"nacos\", got {other:?}"),
+                &object,
+                "format",
+                &format_path,
+                &format!("must be \"graylane\", \"etcd\", \"consul\" or \"nacos\", got {other:?}"),
             );
             None
         }
     };
-    if object.contains_key("service")
-        && !matches!(
-            format,
-            Some(Format::Consul { .. } | Format::Nacos { .. }) | None
-        )
-    {
-        push(
-            errors,
-            "source.service",
-            "is only for the formats \"consul\" and \"nacos\"",
-        );
+    if object.has("service") && matches!(format_name.as_str(), "graylane" | "etcd") {
+        let service_path = object.child("service");
+        refuse_at(errors, &object, "service", &service_path,
+            "is only for the formats \"consul\" and \"nacos\"");
     }
-    let cluster = match string_field(object, "cluster", errors) {
-        Some(cluster) if !cluster.is_empty() => Some(cluster),
-        Some(_) => {
-            push(errors, "source.cluster", "must not be empty");
+    object.handled("service");
+    let cluster = match object.string("cluster", errors) {
+        Some((cluster, _)) if !cluster.is_empty() => Some(cluster),
+        Some((_, cluster_path)) => {
+            refuse_at(errors, &object, "cluster", &cluster_path, "must not be empty");
             None
         }
-        None if !object.contains_key("cluster") => {
-            push(errors, "source.cluster", "is required");
+        None if !object.has("cluster") => {
+            object.missing("cluster", errors, None);
             None
         }
         None => None,
     };
-    let path = match string_field(object, "path", errors) {
-        Some(path) if path.starts_with('/') && !path.contains([' ', '\r', '\n']) => Some(path),
-        Some(path) => {
-            push(
-                errors,
-                "source.path",
-                format!("must start with '/' and hold no spaces, got {path:?}"),
-            );
+    let path_setting = match object.string("path", errors) {
+        Some((request_path, _)) if request_path.starts_with('/') && !request_path.contains([' ', '\r', '\n']) => {
+            Some(request_path)
+        }
+        Some((request_path, field_path)) => {
+            refuse_at(errors, &object, "path", &field_path,
+                &format!("must start with '/' and hold no spaces, got {request_path:?}"));
             None
         }
-        None if object.contains_key("path") => None,
+        None if object.has("path") => None,
         // Keyed on the name, not the parsed format, so that a missing path
         // is reported beside a refusal elsewhere in the format's settings.
         None => match format_name.as_str() {
             "etcd" => Some(ETCD_RANGE_PATH.to_string()),
             "graylane" | "consul" | "nacos" => {
-                push(
-                    errors,
-                    "source.path",
-                    format!("is required for format {format_name:?}"),
-                );
+                object.missing("path", errors, Some(format!(" for format {format_name:?}")));
                 None
             }
             _ => None,
         },
     };
-    let authority = match string_field(object, "authority", errors) {
-        Some(authority) if !authority.is_empty() && !authority.contains([' ', '/']) => {
+    let authority = match object.string("authority", errors) {
+        Some((authority, _)) if !authority.is_empty() && !authority.contains([' ', '/']) => {
             Some(authority)
         }
-        Some(authority) => {
-            push(
-                errors,
-                "source.authority",
-                format!("must be a host name (with an optional port), got {authority:?}"),
-            );
+        Some((authority, field_path)) => {
+            refuse_at(errors, &object, "authority", &field_path,
+                &format!("must be a host name (with an optional port), got {authority:?}"));
             None
         }
         None => cluster.clone(),
     };
-    let headers = read_headers(object, errors);
-    let interval_ms = integer_field(
-        object,
+    let headers = read_headers(&mut object, errors);
+    let interval_ms = object.integer(
         "interval_ms",
-        MIN_INTERVAL_MS,
-        MAX_INTERVAL_MS,
+        (MIN_INTERVAL_MS, MAX_INTERVAL_MS),
         DEFAULT_INTERVAL_MS,
         errors,
     );
-    let timeout_ms = integer_field(
-        object,
+    let timeout_ms = object.integer(
         "timeout_ms",
-        MIN_TIMEOUT_MS,
-        MAX_TIMEOUT_MS,
+        (MIN_TIMEOUT_MS, MAX_TIMEOUT_MS),
         DEFAULT_TIMEOUT_MS.min(interval_ms),
         errors,
     );
-    let jitter_percent = integer_field(
-        object,
+    let jitter_percent = object.integer(
         "jitter_percent",
-        0,
-        u64::from(MAX_JITTER_PERCENT),
+        (0, u64::from(MAX_JITTER_PERCENT)),
         u64::from(DEFAULT_JITTER_PERCENT),
         errors,
     );
-    let max_backoff_ms = integer_field(
-        object,
+    let max_backoff_ms = object.integer(
         "max_backoff_ms",
-        MIN_INTERVAL_MS,
-        MAX_BACKOFF_LIMIT_MS,
+        (MIN_INTERVAL_MS, MAX_BACKOFF_LIMIT_MS),
         DEFAULT_MAX_BACKOFF_MS.max(interval_ms),
         errors,
     );
     if max_backoff_ms < interval_ms {
-        push(
-            errors,
-            "source.max_backoff_ms",
-            format!("must be at least interval_ms ({interval_ms}), got {max_backoff_ms}"),
-        );
+        let field_path = object.child("max_backoff_ms");
+        refuse_at(errors, &object, "max_backoff_ms", &field_path,
+            &format!("must be at least interval_ms ({interval_ms}), got {max_backoff_ms}"));
     }
-    if errors.len() > before {
+    object.finish(&[], errors);
+    if errors.0.len() > before {
         return None;
     }
     Some(SourceConfig {
         format: format?,
         cluster: cluster?,
-        path: path?,
+        path: path_setting?,
         authority: authority?,
         headers,
         interval_ms,
@@ -322,106 +257,56 @@ fn read_source(object: &Map<String, Value>, errors: &mut Vec<ConfigError>) -> Op
     })
 }
 
-fn read_headers(
-    object: &Map<String, Value>,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<(String, String)> {
+/// Refuses field `name` of `object`, pointing at its value.
+fn refuse_at(errors: &mut ConfigErrors, object: &Object<'_>, name: &str, path: &Path, reason: &str) {
+    let offset = object
+        .members()
+        .iter()
+        .find(|member| member.key == name)
+        .map_or(object.node().offset, |member| member.value.offset);
+    errors.0.push(ConfigError::new(path.clone(), reason).at(offset));
+}
+
+fn read_headers(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Vec<(String, String)> {
     let mut headers = Vec::new();
-    match object.get("headers") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (name, value) in map {
-                let path = format!("source.headers.{name}");
-                let lower = name.to_ascii_lowercase();
-                if let Err(reason) = check_header_name(name) {
-                    push(errors, &path, reason);
-                    continue;
-                }
-                if matches!(
-                    lower.as_str(),
-                    "host" | "content-length" | "if-none-match" | "transfer-encoding"
-                ) {
-                    push(errors, &path, "is set by graylane itself");
-                    continue;
-                }
-                match value {
-                    Value::String(text) if !text.contains(['\r', '\n', '\0']) => {
-                        headers.push((lower, text.clone()));
-                    }
-                    Value::String(_) => push(errors, &path, "must not contain line breaks"),
-                    other => push(
-                        errors,
-                        &path,
-                        format!("must be a string, got {}", kind(other)),
-                    ),
-                }
-            }
-        }
-        Some(other) => push(
-            errors,
-            "source.headers",
-            format!(
+    let Some((node, path)) = object.get("headers") else {
+        return headers;
+    };
+    let Some(map) = Object::new(node, &path, errors) else {
+        // Object::new said "must be an object"; say what for.
+        if let Some(error) = errors.0.last_mut() {
+            error.refusal = format!(
                 "must be an object of header name to value, got {}",
-                kind(other)
-            ),
-        ),
+                node.kind()
+            )
+            .into();
+        }
+        return headers;
+    };
+    for member in map.members() {
+        let name = &member.key;
+        let header_path = path.key(name);
+        let lower = name.to_ascii_lowercase();
+        if let Err(reason) = check_header_name(name) {
+            errors.0.push(ConfigError::new(header_path, reason).at(member.key_offset));
+            continue;
+        }
+        if matches!(
+            lower.as_str(),
+            "host" | "content-length" | "if-none-match" | "transfer-encoding"
+        ) {
+            errors.0.push(ConfigError::new(header_path, "is set by graylane itself").at(member.key_offset));
+            continue;
+        }
+        match member.value.as_str() {
+            Some(text) if !text.contains(['\r', '\n', '\0']) => {
+                headers.push((lower, text.to_string()));
+            }
+            Some(_) => errors.push(&header_path, &member.value, "must not contain line breaks"),
+            None => errors.push(&header_path, &member.value, wrong_type("a string", &member.value)),
+        }
     }
     headers
-}
-
-fn string_field(
-    object: &Map<String, Value>,
-    field: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<String> {
-    match object.get(field)? {
-        Value::String(text) => Some(text.clone()),
-        other => {
-            push(
-                errors,
-                &format!("source.{field}"),
-                format!("must be a string, got {}", kind(other)),
-            );
-            None
-        }
-    }
-}
-
-fn integer_field(
-    object: &Map<String, Value>,
-    field: &str,
-    min: u64,
-    max: u64,
-    default: u64,
-    errors: &mut Vec<ConfigError>,
-) -> u64 {
-    let Some(value) = object.get(field) else {
-        return default;
-    };
-    match value.as_u64() {
-        Some(number) if (min..=max).contains(&number) => number,
-        _ => {
-            push(
-                errors,
-                &format!("source.{field}"),
-                format!("must be an integer from {min} to {max}, got {value}"),
-            );
-            default
-        }
-    }
-}
-
-fn push(errors: &mut Vec<ConfigError>, path: &str, reason: impl Into<String>) {
-    errors.push(ConfigError {
-        path: path.to_string(),
-        reason: reason.into(),
-    });
-}
-
-fn sorted<'a>(items: &[&'a str]) -> Vec<&'a str> {
-    let mut items = items.to_vec();
-    items.sort_unstable();
-    items
 }
 
 #[cfg(test)]

@@ -1,0 +1,231 @@
+//! Match entries (`subsets[].match[]`) and the string matches inside them.
+
+use super::names::check_header_name;
+use crate::json::Node;
+use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
+use crate::rules::{MatchEntry, NamedMatch, StringMatch};
+
+/// Compiled regexes are bounded so that a hostile or careless pattern cannot
+/// take a worker's memory; the `regex` crate already guarantees linear time.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The string-match kinds, exactly one of which a string match gives.
+pub const MATCH_KINDS: &[&str] = &["exact", "prefix", "suffix", "contains", "regex", "present"];
+
+pub(crate) fn read_match_entry(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<MatchEntry> {
+    let mut object = Object::new(value, path, errors)?;
+    let mut entry = MatchEntry {
+        headers: read_named_matches(&mut object, "headers", errors, |name| {
+            check_header_name(name).map(|()| name.to_ascii_lowercase())
+        }),
+        cookies: read_named_matches(&mut object, "cookies", errors, |name| Ok(name.to_string())),
+        query: read_named_matches(&mut object, "query", errors, |name| Ok(name.to_string())),
+        ..MatchEntry::default()
+    };
+    if let Some((pattern, regex_path)) = object.non_empty_string("cookie_regex", false, errors) {
+        if let Some((node, _)) = object.get("cookie_regex") {
+            entry.cookie_regex = compile_regex(&pattern, &regex_path, node, errors);
+        }
+    }
+    if let Some((node, match_path)) = object.get("path") {
+        entry.path = read_string_match(node, &match_path, errors);
+    }
+    if let Some((items, methods_path)) = object.array("method", errors) {
+        for (position, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(method)
+                    if !method.is_empty()
+                        && method
+                            .bytes()
+                            .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') =>
+                {
+                    entry.methods.push(method.to_ascii_uppercase());
+                }
+                _ => errors.push(
+                    &methods_path.index(position),
+                    item,
+                    format!("must be an HTTP method such as \"GET\", got {}", item.to_json()),
+                ),
+            }
+        }
+        if items.is_empty() {
+            if let Some((node, _)) = object.get("method") {
+                errors.push(&methods_path, node, "must list at least one method");
+            }
+        }
+    }
+    let notes_only = object.members().iter().all(|member| member.key.starts_with('_'));
+    if notes_only {
+        errors.push(
+            path,
+            value,
+            "has no condition; an empty entry would match every request",
+        );
+    }
+    object.finish(&[], errors);
+    Some(entry)
+}
+
+fn read_named_matches(
+    object: &mut Object<'_>,
+    field: &'static str,
+    errors: &mut ConfigErrors,
+    normalise_name: impl Fn(&str) -> Result<String, String>,
+) -> Vec<NamedMatch> {
+    let Some((items, list_path)) = object.array(field, errors) else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        if let Some((node, _)) = object.get(field) {
+            errors.push(&list_path, node, "must list at least one condition");
+        }
+    }
+    let mut named = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let item_path = list_path.index(position);
+        let Some(mut condition) = Object::new(item, &item_path, errors) else {
+            continue;
+        };
+        let name = match condition.get("name") {
+            Some((node, name_path)) => match node.as_str() {
+                Some(name) if !name.is_empty() => match normalise_name(name) {
+                    Ok(name) => Some(name),
+                    Err(reason) => {
+                        errors.push(&name_path, node, reason);
+                        None
+                    }
+                },
+                _ => {
+                    errors.push(&name_path, node, "must be a non-empty string");
+                    None
+                }
+            },
+            None => {
+                condition.missing("name", errors, None);
+                None
+            }
+        };
+        let matcher = string_match_of(&condition, &item_path, item, &["name"], errors);
+        if let (Some(name), Some(matcher)) = (name, matcher) {
+            named.push(NamedMatch { name, matcher });
+        }
+    }
+    named
+}
+
+/// Exactly one of the string-match kinds.
+pub(crate) fn read_string_match(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<StringMatch> {
+    if value.as_object().is_none() {
+        errors.push(
+            path,
+            value,
+            format!(
+                "must be an object with one of {}, got {}",
+                MATCH_KINDS.join(", "),
+                value.kind()
+            ),
+        );
+        return None;
+    }
+    let object = Object::new(value, path, errors)?;
+    string_match_of(&object, path, value, &[], errors)
+}
+
+/// The string match an object gives, beside `other_fields` (a named
+/// condition's `name`).
+fn string_match_of(
+    object: &Object<'_>,
+    path: &Path,
+    value: &Node,
+    other_fields: &[&str],
+    errors: &mut ConfigErrors,
+) -> Option<StringMatch> {
+    let mut found = None;
+    let mut kinds = 0;
+    for member in object.members() {
+        let key = member.key.as_str();
+        if key.starts_with('_') || other_fields.contains(&key) {
+            continue;
+        }
+        kinds += 1;
+        let field_path = path.key(key);
+        let node = &member.value;
+        if !MATCH_KINDS.contains(&key) {
+            errors.0.push(
+                crate::read::ConfigError::new(
+                    field_path,
+                    format!(
+                        "unknown string-match kind; expected exactly one of: {}",
+                        MATCH_KINDS.join(", ")
+                    ),
+                )
+                .at(member.key_offset),
+            );
+            continue;
+        }
+        found = match (key, node.as_str(), node.as_bool()) {
+            ("present", _, Some(flag)) => Some(StringMatch::Present(flag)),
+            ("present", _, None) => {
+                errors.push(&field_path, node, wrong_type("true or false", node));
+                None
+            }
+            (_, Some(text), _) => {
+                let bytes = text.as_bytes().to_vec();
+                match key {
+                    "exact" => Some(StringMatch::Exact(bytes)),
+                    "prefix" => Some(StringMatch::Prefix(bytes)),
+                    "suffix" => Some(StringMatch::Suffix(bytes)),
+                    "contains" => Some(StringMatch::Contains(bytes)),
+                    _ => compile_regex(text, &field_path, node, errors).map(StringMatch::Regex),
+                }
+            }
+            (_, None, _) => {
+                errors.push(&field_path, node, wrong_type("a string", node));
+                None
+            }
+        };
+    }
+    if kinds == 0 {
+        errors.push(path, value, format!("needs one of: {}", MATCH_KINDS.join(", ")));
+        return None;
+    }
+    if kinds > 1 {
+        errors.push(
+            path,
+            value,
+            format!(
+                "gives {kinds} match kinds; give exactly one of: {}",
+                MATCH_KINDS.join(", ")
+            ),
+        );
+        return None;
+    }
+    found
+}
+
+fn compile_regex(
+    pattern: &str,
+    path: &Path,
+    node: &Node,
+    errors: &mut ConfigErrors,
+) -> Option<regex::bytes::Regex> {
+    match regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+    {
+        Ok(regex) => Some(regex),
+        Err(error) => {
+            // The regex crate's message spans several lines with a caret
+            // under the fault; one line reads better in a gateway log.
+            let message = error
+                .to_string()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            errors.push(path, node, Refusal::Invalid(format!("regex does not compile: {message}")));
+            None
+        }
+    }
+}

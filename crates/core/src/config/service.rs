@@ -1,0 +1,203 @@
+//! One entry of `services`: where it applies (hosts, path prefix), its
+//! subsets, the default, the sticky key, and the weight layout.
+
+use std::collections::BTreeSet;
+
+use super::names::{check_header_name, parse_host_pattern};
+use super::subset::{read_subset, percent};
+use crate::json::Node;
+use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
+use crate::rules::{HostPattern, Service, StickyKey, Subset};
+use crate::split::{WeightTable, BUCKETS};
+
+pub(crate) fn read_service(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Service> {
+    let mut object = Object::new(value, path, errors)?;
+    let name = object
+        .non_empty_string("name", true, errors)
+        .map(|(name, _)| name);
+    let hosts = read_hosts(&mut object, errors);
+    let path_prefix = match object.string("path_prefix", errors) {
+        Some((prefix, _)) if prefix.starts_with('/') => prefix,
+        Some((prefix, prefix_path)) => {
+            if let Some((node, _)) = object.get("path_prefix") {
+                errors.push(&prefix_path, node, format!("must start with '/', got {prefix:?}"));
+            }
+            "/".into()
+        }
+        None => "/".into(),
+    };
+    let default = object.non_empty_string("default", true, errors);
+    let sticky = read_sticky(&mut object, errors);
+
+    let mut subsets: Vec<(usize, Subset, &Node)> = Vec::new();
+    let mut subsets_path = object.child("subsets");
+    let mut subsets_node = value;
+    match object.array("subsets", errors) {
+        Some((items, list_path)) => {
+            subsets_path = list_path;
+            if let Some((node, _)) = object.get("subsets") {
+                subsets_node = node;
+                if items.is_empty() {
+                    errors.push(&subsets_path, node, "must list at least one subset");
+                }
+            }
+            for (position, item) in items.iter().enumerate() {
+                if let Some(subset) = read_subset(item, &subsets_path.index(position), errors) {
+                    subsets.push((position, subset, item));
+                }
+            }
+        }
+        None if !object.has("subsets") => object.missing("subsets", errors, None),
+        None => {}
+    }
+    object.finish(&[], errors);
+
+    check_unique(errors, &subsets_path, &subsets, "name", |subset| &subset.name);
+    check_unique(errors, &subsets_path, &subsets, "tag", |subset| &subset.tag);
+
+    let (default_name, default_path) = default?;
+    let Some(default) = subsets
+        .iter()
+        .position(|(_, subset, _)| subset.name == default_name)
+    else {
+        let known: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
+        let node = value.get("default").unwrap_or(value);
+        errors.push(
+            &default_path,
+            node,
+            format!(
+                "names no subset of this service: {default_name:?} (subsets: {})",
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+
+    let weighted: Vec<(usize, u32)> = subsets
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != default)
+        .map(|(index, (_, subset, _))| (index, subset.weight))
+        .collect();
+    // Summed wide: many subsets of weight 100 must not wrap into a valid sum.
+    let total: u64 = weighted.iter().map(|(_, weight)| u64::from(*weight)).sum();
+    if total > u64::from(BUCKETS) {
+        let parts: Vec<String> = subsets
+            .iter()
+            .enumerate()
+            .filter(|(index, (_, subset, _))| *index != default && subset.weight > 0)
+            .map(|(_, (position, subset, _))| format!("subsets[{position}] {}", percent(u64::from(subset.weight))))
+            .collect();
+        errors.push(
+            &subsets_path,
+            subsets_node,
+            format!(
+                "weights of the non-default subsets sum to {}, over 100 ({})",
+                percent(total),
+                parts.join(" + ")
+            ),
+        );
+    }
+
+    Some(Service {
+        name: name?,
+        hosts,
+        path_prefix,
+        default,
+        sticky,
+        weights: WeightTable::new(&weighted),
+        subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
+    })
+}
+
+fn check_unique<T>(
+    errors: &mut ConfigErrors,
+    list_path: &Path,
+    items: &[(usize, T, &Node)],
+    field: &str,
+    key: impl Fn(&T) -> &String,
+) {
+    let mut seen = BTreeSet::new();
+    for (position, item, node) in items {
+        let value = key(item);
+        if !seen.insert(value.as_str()) {
+            let at = node.get(field).unwrap_or(node);
+            errors.push(
+                &list_path.index(*position).key(field),
+                at,
+                format!("repeats the {field} {value:?} of an earlier subset"),
+            );
+        }
+    }
+}
+
+fn read_hosts(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Vec<HostPattern> {
+    let Some((items, path)) = object.array("hosts", errors) else {
+        return vec![HostPattern::Any];
+    };
+    if items.is_empty() {
+        if let Some((node, _)) = object.get("hosts") {
+            errors.push(
+                &path,
+                node,
+                "must list at least one host (leave the field out to match any host)",
+            );
+        }
+    }
+    let mut hosts = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let item_path = path.index(position);
+        match item.as_str() {
+            Some(host) => match parse_host_pattern(host) {
+                Ok(pattern) => hosts.push(pattern),
+                Err(reason) => errors.push(&item_path, item, reason),
+            },
+            None => errors.push(&item_path, item, wrong_type("a string", item)),
+        }
+    }
+    hosts
+}
+
+fn read_sticky(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<StickyKey> {
+    let (value, path) = object.get("sticky")?;
+    let mut sticky = Object::new(value, &path, errors)?;
+    let header = sticky.non_empty_string("header", false, errors);
+    let cookie = sticky.non_empty_string("cookie", false, errors);
+    let source_ip = sticky.bool("source_ip", errors);
+    sticky.finish(&[], errors);
+    let given = usize::from(header.is_some())
+        + usize::from(cookie.is_some())
+        + usize::from(source_ip.is_some());
+    if given != 1 {
+        errors.push(
+            &path,
+            value,
+            "must give exactly one of header, cookie or source_ip",
+        );
+        return None;
+    }
+    if let Some((name, header_path)) = header {
+        if let Err(reason) = check_header_name(&name) {
+            let node = value.get("header").unwrap_or(value);
+            errors.push(&header_path, node, reason);
+            return None;
+        }
+        return Some(StickyKey::Header(name.to_ascii_lowercase()));
+    }
+    if let Some((name, _)) = cookie {
+        return Some(StickyKey::Cookie(name));
+    }
+    match source_ip {
+        Some((true, _)) => Some(StickyKey::SourceIp),
+        Some((false, flag_path)) => {
+            let node = value.get("source_ip").unwrap_or(value);
+            errors.push(
+                &flag_path,
+                node,
+                Refusal::Invalid("must be true (leave sticky out for no sticky key)".into()),
+            );
+            None
+        }
+        None => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! One entry of a service's `subsets`: its cluster, tag, weight, match
+//! entries and registry labels.
+
+use super::matching::read_match_entry;
+use crate::json::Node;
+use crate::read::{wrong_type, ConfigErrors, Object, Path};
+use crate::rules::Subset;
+
+pub(crate) fn read_subset(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Subset> {
+    let mut object = Object::new(value, path, errors)?;
+    let name = object
+        .non_empty_string("name", true, errors)
+        .map(|(name, _)| name);
+    let cluster = object
+        .non_empty_string("cluster", true, errors)
+        .map(|(cluster, _)| cluster);
+    let tag = object
+        .non_empty_string("tag", false, errors)
+        .map(|(tag, _)| tag);
+    let weight = read_weight(&mut object, errors);
+    let canary = object.bool("canary", errors).map(|(flag, _)| flag);
+    let bluegreen = read_bluegreen(&mut object, errors);
+    let mut matches = Vec::new();
+    if let Some((items, list_path)) = object.array("match", errors) {
+        for (position, item) in items.iter().enumerate() {
+            if let Some(entry) = read_match_entry(item, &list_path.index(position), errors) {
+                matches.push(entry);
+            }
+        }
+    }
+    object.finish(&[], errors);
+    let name = name?;
+    Some(Subset {
+        tag: tag.unwrap_or_else(|| name.clone()),
+        name,
+        cluster: cluster?,
+        weight,
+        matches,
+        canary,
+        bluegreen,
+    })
+}
+
+fn read_bluegreen(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<String> {
+    let (colour, path) = object.string("bluegreen", errors)?;
+    let lower = colour.to_ascii_lowercase();
+    if lower == "blue" || lower == "green" {
+        Some(lower)
+    } else {
+        if let Some((node, _)) = object.get("bluegreen") {
+            errors.push(
+                &path,
+                node,
+                format!("must be \"blue\" or \"green\", got {colour:?}"),
+            );
+        }
+        None
+    }
+}
+
+/// Percent with at most two decimals, returned in basis points.
+fn read_weight(object: &mut Object<'_>, errors: &mut ConfigErrors) -> u32 {
+    let Some((value, path)) = object.get("weight") else {
+        return 0;
+    };
+    match weight_basis_points(value) {
+        Ok(weight) => weight,
+        Err(reason) => {
+            errors.push(&path, value, reason);
+            0
+        }
+    }
+}
+
+/// A weight value (percent, 0–100, two decimals at most) in basis points.
+pub(crate) fn weight_basis_points(value: &Node) -> Result<u32, crate::read::Refusal> {
+    let Some(number) = value.as_number().and_then(|number| number.as_f64()) else {
+        return Err(match value.as_number() {
+            Some(number) => format!("must be a number of percent, got {number}").into(),
+            None => wrong_type("a number of percent", value),
+        });
+    };
+    let shown = value.as_number().map_or_else(String::new, |n| n.to_string());
+    if !(0.0..=100.0).contains(&number) {
+        return Err(format!("must be between 0 and 100 (percent), got {shown}").into());
+    }
+    let scaled = number * 100.0;
+    let rounded = scaled.round();
+    if (scaled - rounded).abs() > 1e-6 {
+        return Err(format!("must have at most two decimals, got {shown}").into());
+    }
+    // In range 0..=10000 after the checks above.
+    Ok(rounded as u32)
+}
+
+/// Basis points as percent: 500 → "5", 1250 → "12.5", 1234 → "12.34".
+pub(crate) fn percent(basis_points: u64) -> String {
+    let whole = basis_points / 100;
+    match basis_points % 100 {
+        0 => format!("{whole}"),
+        cents if cents % 10 == 0 => format!("{whole}.{}", cents / 10),
+        cents => format!("{whole}.{cents:02}"),
+    }
+}
