@@ -2,44 +2,35 @@
 
 use std::fmt::Write as _;
 
-use graylane_core::decision::{Decision, HeaderEdit, Reason};
+use graylane_core::decision::{decide_traced, Condition, Decision, HeaderEdit, Reason, Trace};
 use graylane_core::request::Request;
 use graylane_core::rules::{MatchEntry, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use graylane_core::split::{WeylSequence, BUCKETS};
 
 use super::request::{borrow_pairs, decide_spec, drawn_from_sequence, RequestSpec};
 
-/// Who owns which buckets of a service: the weighted ranges and, filling the
-/// gaps, the default subset. `(first, last inclusive, subset index)` in
-/// bucket order.
-pub fn bucket_layout(service: &Service) -> Vec<(u32, u32, usize)> {
-    let mut ranges: Vec<(u32, u32, usize)> = service.weight_table().ranges().collect();
-    ranges.sort_unstable();
-    let mut layout = Vec::new();
-    let mut next = 0;
-    for (start, end, subset) in ranges {
-        if start > next {
-            layout.push((next, start - 1, service.default));
-        }
-        layout.push((start, end - 1, subset));
-        next = end;
-    }
-    if next < BUCKETS {
-        layout.push((next, BUCKETS - 1, service.default));
-    }
-    layout
+/// What the decision looked at, recorded for the report.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub tag: Option<(String, bool)>,
+    /// (subset, entry, the condition that failed).
+    pub tried: Vec<(usize, usize, Option<Condition>)>,
+    /// `Some(value)` when the weighted split looked for the sticky key.
+    pub sticky: Option<Option<String>>,
 }
 
-/// Each subset's share of the weighted split, in basis points, in subset
-/// order (the default's share is the rest).
-pub fn shares(service: &Service) -> Vec<u32> {
-    let mut shares = vec![0u32; service.subsets.len()];
-    for (start, last, subset) in bucket_layout(service) {
-        if let Some(share) = shares.get_mut(subset) {
-            *share += last + 1 - start;
-        }
+impl Trace for Recorded {
+    fn tag(&mut self, value: &[u8], trusted: bool) {
+        self.tag = Some((lossy(value), trusted));
     }
-    shares
+
+    fn entry(&mut self, subset: usize, entry: usize, failed: Option<Condition>) {
+        self.tried.push((subset, entry, failed));
+    }
+
+    fn sticky(&mut self, value: Option<&[u8]>) {
+        self.sticky = Some(value.map(lossy));
+    }
 }
 
 pub fn percent(basis_points: u32) -> String {
@@ -94,27 +85,50 @@ fn describe_edits(edits: &[HeaderEdit<'_>]) -> Vec<String> {
         .collect()
 }
 
-/// Where the sticky key was looked for, and the value found (empty counts as
-/// absent, as in the decision).
-fn sticky_value(service: &Service, request: &Request<'_>) -> (String, Option<String>) {
-    let (name, value) = match &service.sticky {
-        None => return ("none".into(), None),
-        Some(StickyKey::Header(name)) => (format!("header {name}"), request.header(name)),
-        Some(StickyKey::Cookie(name)) => {
-            (format!("cookie {name}"), request.cookie_values(name).next())
-        }
-        Some(StickyKey::SourceIp) => ("source_ip".into(), request.source_ip()),
-    };
-    (name, value.filter(|v| !v.is_empty()).map(lossy))
+/// The sticky key a service splits by, in words.
+fn sticky_key_name(service: &Service) -> String {
+    match &service.sticky {
+        None => "none".into(),
+        Some(StickyKey::Header(name)) => format!("header {name}"),
+        Some(StickyKey::Cookie(name)) => format!("cookie {name}"),
+        Some(StickyKey::SourceIp) => "source_ip".into(),
+    }
 }
+
+/// The condition of `entry` that `failed`, in words.
+fn describe_condition(entry: &MatchEntry, failed: Condition) -> String {
+    let named = |what: &str, list: &[NamedMatch], at: usize| {
+        list.get(at).map_or_else(String::new, |c| {
+            format!("{what} {} {}", c.name, describe_match(&c.matcher))
+        })
+    };
+    match failed {
+        Condition::Method => format!("method {}", entry.methods.join(" or ")),
+        Condition::Path => entry
+            .path
+            .as_ref()
+            .map_or_else(String::new, |p| format!("path {}", describe_match(p))),
+        Condition::CookieRegex => entry
+            .cookie_regex
+            .as_ref()
+            .map_or_else(String::new, |r| format!("cookie_regex {:?}", r.as_str())),
+        Condition::Header(at) => named("header", &entry.headers, at),
+        Condition::Cookie(at) => named("cookie", &entry.cookies, at),
+        Condition::Query(at) => named("query", &entry.query, at),
+    }
+}
+
+/// Most entries a report lists as tried and failed.
+const MAX_TRIED_SHOWN: usize = 12;
 
 /// The report `graylane explain` prints.
 pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let mut sequence = WeylSequence::new(0);
-    let decision = decide_spec(rules, spec, &mut sequence);
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
     let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
+    let mut recorded = Recorded::default();
+    let decision = decide_traced(rules, &request, &mut sequence, &mut recorded);
 
     let mut out = String::new();
     let mut line = |label: &str, text: &str| {
@@ -154,7 +168,7 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let service_path = format!("services[{service_index}]");
     line("service", &format!("{} ({service_path})", service.name));
 
-    let reason_lines = reasons(rules, service, &service_path, &decision, &request);
+    let reason_lines = reasons(rules, service, &service_path, &decision, &recorded);
     let drawn = drawn_from_sequence(&decision);
     if drawn {
         let outcomes = outcomes(rules, service, spec);
@@ -204,8 +218,29 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     for (position, reason) in reason_lines.iter().enumerate() {
         line(if position == 0 { "why" } else { "" }, reason);
     }
+    let failed: Vec<String> = recorded
+        .tried
+        .iter()
+        .filter_map(|(subset, entry, failed)| {
+            let condition = service
+                .subsets
+                .get(*subset)
+                .and_then(|s| s.matches.get(*entry))
+                .zip(*failed)
+                .map(|(entry, failed)| describe_condition(entry, failed))?;
+            Some(format!(
+                "{service_path}.subsets[{subset}].match[{entry}]: {condition} did not hold"
+            ))
+        })
+        .collect();
+    for (position, text) in failed.iter().take(MAX_TRIED_SHOWN).enumerate() {
+        line(if position == 0 { "tried" } else { "" }, text);
+    }
+    if failed.len() > MAX_TRIED_SHOWN {
+        line("", &format!("… and {} more", failed.len() - MAX_TRIED_SHOWN));
+    }
     if !service.weight_table().is_empty() {
-        for (position, (first, last, subset)) in bucket_layout(service).into_iter().enumerate() {
+        for (position, (first, last, subset)) in service.bucket_layout().into_iter().enumerate() {
             let name = service.subsets.get(subset).map_or("?", |s| s.name.as_str());
             let default_note = if subset == service.default {
                 " (default: the rest)"
@@ -229,13 +264,13 @@ fn reasons(
     service: &Service,
     service_path: &str,
     decision: &Decision<'_>,
-    request: &Request<'_>,
+    recorded: &Recorded,
 ) -> Vec<String> {
     let mut why = Vec::new();
     let tag_header = rules.tag_header.as_str();
-    let incoming_tag = request.header(tag_header).map(lossy);
-    if let Some(tag) = &incoming_tag {
-        if !rules.trust_tag {
+    let incoming_tag = recorded.tag.as_ref().map(|(tag, _)| tag.clone());
+    if let Some((tag, trusted)) = &recorded.tag {
+        if !trusted {
             why.push(format!(
                 "the request's {tag_header} {tag:?} was removed: trust_tag is false"
             ));
@@ -271,8 +306,10 @@ fn reasons(
             bucket: Some(bucket),
             sticky,
         } => {
-            let (key, value) = sticky_value(service, request);
-            let owner = bucket_layout(service)
+            let key = sticky_key_name(service);
+            let value = recorded.sticky.clone().flatten();
+            let owner = service
+                .bucket_layout()
                 .into_iter()
                 .find(|(first, last, _)| (*first..=*last).contains(bucket));
             let range = owner.map_or(String::new(), |(first, last, _)| {
@@ -317,7 +354,7 @@ pub struct Outcome {
 /// The outcomes of the weighted split for this request, each found by
 /// running the decision itself until a bucket of that subset was drawn.
 pub fn outcomes(rules: &Rules, service: &Service, spec: &RequestSpec) -> Vec<Outcome> {
-    let shares = shares(service);
+    let shares = service.shares();
     let mut found: Vec<Option<Outcome>> = service.subsets.iter().map(|_| None).collect();
     let mut sequence = WeylSequence::new(0);
     // The sequence visits every bucket within a few tens of thousands of

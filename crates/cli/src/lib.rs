@@ -106,12 +106,12 @@ struct RequestArgs {
     /// The request's host (:authority)
     #[arg(long)]
     host: Option<String>,
-    /// The path, query string included
-    #[arg(long, default_value = "/")]
-    path: String,
-    /// The method
-    #[arg(long, default_value = "GET")]
-    method: String,
+    /// The path, query string included [default: /]
+    #[arg(long)]
+    path: Option<String>,
+    /// The method [default: GET]
+    #[arg(long)]
+    method: Option<String>,
     /// A request header, 'name: value' (repeatable)
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -124,11 +124,21 @@ struct RequestArgs {
 }
 
 impl RequestArgs {
+    /// Whether no flag describes the request.
+    fn is_empty(&self) -> bool {
+        self.host.is_none()
+            && self.path.is_none()
+            && self.method.is_none()
+            && self.headers.is_empty()
+            && self.cookies.is_empty()
+            && self.source_ip.is_none()
+    }
+
     fn spec(&self) -> Result<RequestSpec, String> {
         let mut spec = RequestSpec {
             host: self.host.clone(),
-            path: Some(self.path.clone()),
-            method: Some(self.method.clone()),
+            path: Some(self.path.clone().unwrap_or_else(|| "/".into())),
+            method: Some(self.method.clone().unwrap_or_else(|| "GET".into())),
             source_ip: self.source_ip.clone(),
             ..RequestSpec::default()
         };
@@ -292,7 +302,7 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
         document.rules.services.len()
     );
     for service in &document.rules.services {
-        let shares = explain::shares(service);
+        let shares = service.shares();
         let subsets: Vec<String> = service
             .subsets
             .iter()
@@ -365,6 +375,13 @@ fn population(args: &SimulateArgs) -> Result<Population, Failure> {
         .map(simulate::parse_key)
         .transpose()
         .map_err(usage)?;
+    if args.request.is_empty() {
+        return Ok(Population::PerService {
+            count: args.count.or(args.users).unwrap_or(10_000),
+            users: args.users,
+            key,
+        });
+    }
     Ok(Population::Synthetic {
         base: args.request.spec().map_err(usage)?,
         count: args.count.or(args.users).unwrap_or(10_000),
@@ -375,12 +392,23 @@ fn population(args: &SimulateArgs) -> Result<Population, Failure> {
 
 fn simulate(args: &SimulateArgs) -> Result<String, Failure> {
     let population = population(args)?;
+    let per_service = matches!(population, Population::PerService { .. });
     let render = |text: String, json: serde_json::Value| {
         if args.json {
             format!("{json}\n")
+        } else if per_service {
+            format!(
+                "no request described (--host, --path, -H…): each service gets its requests at its first host and path prefix\n{text}"
+            )
         } else {
             text
         }
+    };
+    let nothing_reached = |files: &str| Failure {
+        code: EXIT_INVALID,
+        message: format!(
+            "graylane: no request reaches a service of {files}: every one passes untouched; check --host and --path (graylane explain shows why)"
+        ),
     };
     match (&args.compare, &args.file) {
         (Some(files), _) => {
@@ -389,14 +417,24 @@ fn simulate(args: &SimulateArgs) -> Result<String, Failure> {
             };
             let old: Document = document::load(old_file)?;
             let new: Document = document::load(new_file)?;
-            let requests = population.requests(&old.rules);
+            let requests = population.requests(&[&old.rules, &new.rules]);
             let comparison = simulate::compare(&old.rules, &new.rules, &requests, args.seed);
+            if !comparison.reached_a_service() {
+                return Err(nothing_reached(&format!(
+                    "{} or {}",
+                    old_file.display(),
+                    new_file.display()
+                )));
+            }
             Ok(render(comparison.table(), comparison.json()))
         }
         (None, Some(file)) => {
             let document = document::load(file)?;
-            let requests = population.requests(&document.rules);
+            let requests = population.requests(&[&document.rules]);
             let split = simulate::split(&document.rules, &requests, args.seed);
+            if !split.reached_a_service() {
+                return Err(nothing_reached(&file.display().to_string()));
+            }
             Ok(render(split.table(), split.json()))
         }
         (None, None) => Err(usage("simulate needs a rule document or --compare OLD NEW")),

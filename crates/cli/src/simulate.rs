@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use graylane_core::rules::{Rules, StickyKey};
+use graylane_core::rules::{HostPattern, Rules, Service, StickyKey};
 use graylane_core::split::WeylSequence;
 
 use super::request::{decide_spec, drawn_from_sequence, OneOrMany, RequestSpec};
@@ -25,14 +25,47 @@ pub enum Population {
     },
     /// Requests read from a file, one JSON object per line.
     Listed(Vec<RequestSpec>),
+    /// No request described: `count` requests for each service, at its first
+    /// host and its path prefix (with `users`, as for `Synthetic`).
+    PerService {
+        count: usize,
+        users: Option<usize>,
+        key: Option<StickyKey>,
+    },
 }
 
 impl Population {
     /// The requests, with the sticky key filled in from `rules` when none
-    /// was given.
-    pub fn requests(&self, rules: &Rules) -> Vec<RequestSpec> {
+    /// was given. `rules` lists every document the requests go through: a
+    /// per-service population covers the services of each.
+    pub fn requests(&self, rules: &[&Rules]) -> Vec<RequestSpec> {
         match self {
             Population::Listed(list) => list.clone(),
+            Population::PerService { count, users, key } => {
+                let mut seen: Vec<&str> = Vec::new();
+                let mut requests = Vec::new();
+                for rules in rules {
+                    for service in &rules.services {
+                        if seen.contains(&service.name.as_str()) {
+                            continue;
+                        }
+                        seen.push(&service.name);
+                        let base = RequestSpec {
+                            host: Some(reaching_host(service)),
+                            path: Some(service.path_prefix.clone()),
+                            ..RequestSpec::default()
+                        };
+                        let synthetic = Population::Synthetic {
+                            base,
+                            count: *count,
+                            users: *users,
+                            key: key.clone().or_else(|| service.sticky.clone()),
+                        };
+                        requests.extend(synthetic.requests(&[rules]));
+                    }
+                }
+                requests
+            }
             Population::Synthetic {
                 base,
                 count,
@@ -40,8 +73,10 @@ impl Population {
                 key,
             } => {
                 let key = key.clone().or_else(|| {
-                    let decision = decide_spec(rules, base, &mut WeylSequence::new(0));
-                    decision.service(rules).and_then(|s| s.sticky.clone())
+                    rules.iter().find_map(|rules| {
+                        let decision = decide_spec(rules, base, &mut WeylSequence::new(0));
+                        decision.service(rules).and_then(|s| s.sticky.clone())
+                    })
                 });
                 (0..*count)
                     .map(|i| match (users, &key) {
@@ -51,6 +86,16 @@ impl Population {
                     .collect()
             }
         }
+    }
+}
+
+/// A host that a service's first host pattern accepts.
+fn reaching_host(service: &Service) -> String {
+    match service.hosts.first() {
+        Some(HostPattern::Exact(host)) => host.clone(),
+        // `*.example.com` needs one label more than the suffix.
+        Some(HostPattern::Suffix(suffix)) => format!("simulated{suffix}"),
+        Some(HostPattern::Any) | None => "simulated.example".to_string(),
     }
 }
 
@@ -182,6 +227,11 @@ fn share(count: usize, total: usize) -> f64 {
 const BAR_WIDTH: f64 = 40.0;
 
 impl Split {
+    /// Whether any request reached a service.
+    pub fn reached_a_service(&self) -> bool {
+        self.rows.iter().any(|(label, _, count)| label != NO_SERVICE && *count > 0)
+    }
+
     pub fn table(&self) -> String {
         let mut out = String::new();
         let width = self
@@ -269,6 +319,13 @@ pub fn compare(old: &Rules, new: &Rules, requests: &[RequestSpec], seed: u64) ->
 }
 
 impl Comparison {
+    /// Whether any request reached a service under either document.
+    pub fn reached_a_service(&self) -> bool {
+        self.cells
+            .keys()
+            .any(|(from, to)| from != NO_SERVICE || to != NO_SERVICE)
+    }
+
     pub fn moved(&self) -> usize {
         self.cells
             .iter()

@@ -1,4 +1,4 @@
-//! The `graylane` command, run as a user runs it.
+//! The `graylane` command: every subcommand, its output and exit codes.
 // Tests may unwrap and panic, helpers included.
 #![allow(
     clippy::unwrap_used,
@@ -8,7 +8,6 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use graylane_cli::document;
 use graylane_cli::request::{borrow_pairs, decide_spec, outcome_json, RequestSpec};
@@ -17,32 +16,9 @@ use graylane_core::request::{ip_of_socket_address, parse_header_map, serialise_h
 use graylane_core::split::WeylSequence;
 use serde_json::Value;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-/// The repository root: the command is run from there, as a user would.
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn graylane(args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_graylane"))
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .expect("run graylane");
-    Run {
-        code: output.status.code().expect("exit code"),
-        stdout: String::from_utf8(output.stdout).expect("utf-8 stdout"),
-        stderr: String::from_utf8(output.stderr).expect("utf-8 stderr"),
-    }
-}
+use common::{graylane, repo_root};
 
 fn scratch(name: &str, text: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
@@ -225,7 +201,7 @@ fn check_reports_syntax_errors_where_they_are() {
     let run = graylane(&["check", yaml.to_str().unwrap()]);
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("syntax.yaml:3:4: $: not valid YAML"),
+        run.stderr.contains("syntax.yaml:3:7: $: not valid YAML: while parsing a block collection, did not find expected '-' indicator at line 3 column 7"),
         "{}",
         run.stderr
     );
@@ -313,6 +289,32 @@ fn field<'a>(report: &'a str, label: &str) -> &'a str {
         .lines()
         .find_map(|l| l.strip_prefix(label).filter(|_| l.len() > 9).map(str::trim))
         .unwrap_or_else(|| panic!("no {label:?} line in:\n{report}"))
+}
+
+/// The entries the decision tried before it settled, each with the
+/// condition that failed: what the decision itself reported, not a re-run.
+#[test]
+fn explain_names_the_condition_each_tried_entry_failed_on() {
+    let report = explain_b("/api/b/items", &["--cookie", "beta=2", "-H", "userid: 42"]);
+    let tried: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("tried"))
+        .take_while(|l| !l.starts_with("buckets"))
+        .map(|l| l.get(9..).unwrap_or_default())
+        .collect();
+    assert!(
+        tried.contains(&"services[0].subsets[1].match[0]: header userid exact \"123\" did not hold"),
+        "{report}"
+    );
+    assert!(
+        tried.contains(&"services[0].subsets[1].match[2]: cookie beta exact \"1\" did not hold"),
+        "{report}"
+    );
+    // An entry that held ends the list: nothing after it was tried.
+    let report = explain_b("/api/b/items", &["--cookie", "beta=1"]);
+    assert_eq!(field(&report, "subset"), "canary (services[0].subsets[1])");
+    assert!(!report.contains("match[2]: cookie"), "{report}");
+    assert!(!report.contains("match[3]"), "{report}");
 }
 
 #[test]
@@ -711,4 +713,37 @@ fn the_cli_request_construction_decides_as_the_plugin_path_does() {
             spec.summary()
         );
     }
+}
+
+#[test]
+fn simulate_without_a_request_sends_each_service_its_own_requests() {
+    let run = graylane(&["simulate", "filters/examples/two-services.yaml", "--users", "1000"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("no request described"),
+        "{}",
+        run.stdout
+    );
+    for service in ["api/stable", "api/canary", "web/stable", "web/canary"] {
+        assert!(run.stdout.contains(service), "{service}: {}", run.stdout);
+    }
+    assert!(run.stdout.contains("2000 requests"), "{}", run.stdout);
+    assert!(!run.stdout.contains("(no service)"), "{}", run.stdout);
+}
+
+#[test]
+fn simulate_where_no_request_reaches_a_service_says_so_and_fails() {
+    let run = graylane(&["simulate", "filters/examples/canary.json", "--host", "nope.example"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("no request reaches a service"), "{}", run.stderr);
+    let run = graylane(&[
+        "simulate",
+        "--compare",
+        "filters/examples/canary.json",
+        "filters/examples/canary.json",
+        "--host",
+        "nope.example",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("no request reaches a service"), "{}", run.stderr);
 }

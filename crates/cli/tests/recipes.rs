@@ -14,13 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The repository root.
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod common;
+
+use common::repo_root;
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -187,17 +183,9 @@ fn the_examples_work_with_every_command() {
             vec!["simulate", example, "--users", "100"],
             vec!["envoy", example],
         ] {
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_graylane"))
-                .args(&args)
-                .current_dir(repo_root())
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(!output.stdout.is_empty(), "{args:?}");
+            let run = common::graylane(&args);
+            assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+            assert!(!run.stdout.is_empty(), "{args:?}");
         }
     }
 }

@@ -52,12 +52,53 @@ impl<'r> Decision<'r> {
     }
 }
 
+/// What a decision looked at on its way, for `graylane explain`. The plugin
+/// decides with [`NoTrace`], whose empty methods compile to nothing.
+pub trait Trace {
+    /// The request carried the tag header with this value; `trusted` is
+    /// false when `trust_tag: false` removed it.
+    fn tag(&mut self, _value: &[u8], _trusted: bool) {}
+    /// Match entry `entry` of subset `subset` was tried: `None` when it held,
+    /// else the first of its conditions that did not.
+    fn entry(&mut self, _subset: usize, _entry: usize, _failed: Option<Condition>) {}
+    /// The weighted split looked for the sticky key and found this value
+    /// (`None`: absent or empty).
+    fn sticky(&mut self, _value: Option<&[u8]>) {}
+}
+
+/// A trace that records nothing: what the plugin decides with.
+pub struct NoTrace;
+
+impl Trace for NoTrace {}
+
+/// One condition of a match entry, as [`Trace::entry`] names the one that
+/// failed. Indices are positions in the entry's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Method,
+    Path,
+    CookieRegex,
+    Header(usize),
+    Cookie(usize),
+    Query(usize),
+}
+
 /// Decides one request. `sequence` supplies buckets for weighted splits when
 /// the request has no sticky key.
 pub fn decide<'r>(
     rules: &'r Rules,
     request: &Request<'_>,
     sequence: &mut WeylSequence,
+) -> Decision<'r> {
+    decide_traced(rules, request, sequence, &mut NoTrace)
+}
+
+/// [`decide`], telling `trace` what it looked at.
+pub fn decide_traced<'r>(
+    rules: &'r Rules,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+    trace: &mut impl Trace,
 ) -> Decision<'r> {
     let mut edits = Vec::new();
     // A client never chooses the cluster: whatever it sent is dropped, even
@@ -68,6 +109,9 @@ pub fn decide<'r>(
     let mut incoming_tags = request.header_values(&rules.tag_header);
     let mut incoming_tag = incoming_tags.next();
     let single_incoming_tag = incoming_tags.next().is_none();
+    if let Some(tag) = incoming_tag {
+        trace.tag(tag, rules.trust_tag);
+    }
     if !rules.trust_tag && incoming_tag.is_some() {
         edits.push(HeaderEdit::Remove(rules.tag_header.as_str()));
         incoming_tag = None;
@@ -90,7 +134,7 @@ pub fn decide<'r>(
         };
     };
 
-    let (subset_index, reason) = choose_subset(service, request, incoming_tag, sequence);
+    let (subset_index, reason) = choose_subset(service, request, incoming_tag, sequence, trace);
     let mut cluster = None;
     if let Some(subset) = service.subsets.get(subset_index) {
         cluster = Some(subset.cluster.as_str());
@@ -120,6 +164,7 @@ fn choose_subset(
     request: &Request<'_>,
     incoming_tag: Option<&[u8]>,
     sequence: &mut WeylSequence,
+    trace: &mut impl Trace,
 ) -> (usize, Reason) {
     if let Some(tag) = incoming_tag {
         if let Some(index) = service.subsets.iter().position(|s| s.tag.as_bytes() == tag) {
@@ -127,12 +172,12 @@ fn choose_subset(
         }
     }
     for (index, subset) in service.subsets.iter().enumerate() {
-        if let Some(entry) = subset
-            .matches
-            .iter()
-            .position(|entry| entry_matches(entry, request))
-        {
-            return (index, Reason::Match { entry });
+        for (position, entry) in subset.matches.iter().enumerate() {
+            let failed = first_failure(entry, request);
+            trace.entry(index, position, failed);
+            if failed.is_none() {
+                return (index, Reason::Match { entry: position });
+            }
         }
     }
     if service.weights.is_empty() {
@@ -144,7 +189,9 @@ fn choose_subset(
             },
         );
     }
-    let (bucket, sticky) = match sticky_key(service, request) {
+    let key = sticky_key(service, request);
+    trace.sticky(key);
+    let (bucket, sticky) = match key {
         Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
         None => (sequence.next_bucket(), false),
     };
@@ -173,6 +220,11 @@ fn sticky_key<'a>(service: &Service, request: &Request<'a>) -> Option<&'a [u8]> 
 
 /// All the conditions an entry gives must hold.
 pub fn entry_matches(entry: &MatchEntry, request: &Request<'_>) -> bool {
+    first_failure(entry, request).is_none()
+}
+
+/// The first condition of `entry` that does not hold for the request, if any.
+pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condition> {
     if !entry.methods.is_empty() {
         let method = request.method().unwrap_or_default();
         if !entry
@@ -180,12 +232,12 @@ pub fn entry_matches(entry: &MatchEntry, request: &Request<'_>) -> bool {
             .iter()
             .any(|m| m.as_bytes().eq_ignore_ascii_case(method))
         {
-            return false;
+            return Some(Condition::Method);
         }
     }
     if let Some(path) = &entry.path {
         if !path.matches(Some(request.path())) {
-            return false;
+            return Some(Condition::Path);
         }
     }
     if let Some(regex) = &entry.cookie_regex {
@@ -193,21 +245,28 @@ pub fn entry_matches(entry: &MatchEntry, request: &Request<'_>) -> bool {
             .cookie_header()
             .is_some_and(|cookies| regex.is_match(&cookies))
         {
-            return false;
+            return Some(Condition::CookieRegex);
         }
     }
-    entry
+    if let Some(at) = entry
         .headers
         .iter()
-        .all(|c| holds(&c.matcher, request.header_values(&c.name)))
-        && entry
-            .cookies
-            .iter()
-            .all(|c| holds(&c.matcher, request.cookie_values(&c.name)))
-        && entry
-            .query
-            .iter()
-            .all(|c| holds(&c.matcher, request.query_values(&c.name)))
+        .position(|c| !holds(&c.matcher, request.header_values(&c.name)))
+    {
+        return Some(Condition::Header(at));
+    }
+    if let Some(at) = entry
+        .cookies
+        .iter()
+        .position(|c| !holds(&c.matcher, request.cookie_values(&c.name)))
+    {
+        return Some(Condition::Cookie(at));
+    }
+    entry
+        .query
+        .iter()
+        .position(|c| !holds(&c.matcher, request.query_values(&c.name)))
+        .map(Condition::Query)
 }
 
 /// A named condition holds when any occurrence of the name matches, or, when

@@ -200,4 +200,37 @@ impl Service {
     pub fn subset_named(&self, name: &str) -> Option<&Subset> {
         self.subsets.iter().find(|subset| subset.name == name)
     }
+
+    /// Who owns which buckets: the weighted ranges and, filling the gaps,
+    /// the default subset. `(first, last inclusive, subset index)` in bucket
+    /// order, covering every bucket once.
+    pub fn bucket_layout(&self) -> Vec<(u32, u32, usize)> {
+        let mut ranges: Vec<(u32, u32, usize)> = self.weights.ranges().collect();
+        ranges.sort_unstable();
+        let mut layout = Vec::new();
+        let mut next = 0;
+        for (start, end, subset) in ranges {
+            if start > next {
+                layout.push((next, start - 1, self.default));
+            }
+            layout.push((start, end - 1, subset));
+            next = end;
+        }
+        if next < crate::split::BUCKETS {
+            layout.push((next, crate::split::BUCKETS - 1, self.default));
+        }
+        layout
+    }
+
+    /// Each subset's share of the weighted split in basis points, in subset
+    /// order (the default's share is the rest).
+    pub fn shares(&self) -> Vec<u32> {
+        let mut shares = vec![0u32; self.subsets.len()];
+        for (start, last, subset) in self.bucket_layout() {
+            if let Some(share) = shares.get_mut(subset) {
+                *share += last + 1 - start;
+            }
+        }
+        shares
+    }
 }
