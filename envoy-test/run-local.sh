@@ -49,8 +49,9 @@ done
 
 # The shared config, with loopback addresses, the chosen ports and the local
 # wasm path.
-sed -e "s#address: 0.0.0.0, port_value: 10000#address: 127.0.0.1, port_value: $listen_port#" \
-    -e "s#address: 0.0.0.0, port_value: 9901#address: 127.0.0.1, port_value: $admin_port#" \
+sed -e "s#address: 0.0.0.0\$#address: 127.0.0.1#" \
+    -e "s#port_value: 10000\$#port_value: $listen_port#" \
+    -e "s#port_value: 9901\$#port_value: $admin_port#" \
     -e "s#/etc/envoy/graylane.wasm#$wasm#" \
     envoy-test/envoy.yaml > "$out/envoy.yaml"
 

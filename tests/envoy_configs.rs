@@ -59,26 +59,48 @@ fn shipped_configs() -> Vec<PathBuf> {
     configs
 }
 
-/// The plugin document embedded in a bootstrap: the block scalar that follows
-/// `value: |` under the `google.protobuf.StringValue` of the wasm filter.
+/// The plugin document embedded in a bootstrap: the `value` of the wasm
+/// filter's `google.protobuf.StringValue` configuration.
 fn embedded_plugin_document(yaml: &str) -> Value {
-    let lines: Vec<&str> = yaml.lines().collect();
-    let string_value = lines
+    let bootstrap: Value = serde_norway::from_str(yaml).expect("the bootstrap is YAML");
+    let manager = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+    let filters = manager["typed_config"]["http_filters"].as_array().unwrap();
+    let wasm = filters
         .iter()
-        .position(|line| line.contains("type.googleapis.com/google.protobuf.StringValue"))
-        .expect("no StringValue configuration in the bootstrap");
-    let value_line = (string_value..lines.len())
-        .find(|&i| lines[i].trim() == "value: |")
-        .expect("the configuration is not a `value: |` block");
-    let indent = |line: &str| line.len() - line.trim_start().len();
-    let key_indent = indent(lines[value_line]);
-    let block: Vec<&str> = lines[value_line + 1..]
-        .iter()
-        .take_while(|line| line.trim().is_empty() || indent(line) > key_indent)
-        .copied()
-        .collect();
-    serde_json::from_str(&block.join("\n"))
+        .find(|filter| filter["name"] == "envoy.filters.http.wasm")
+        .expect("no wasm filter");
+    let text = wasm["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("the configuration is not a string");
+    serde_json::from_str(text)
         .unwrap_or_else(|error| panic!("the embedded plugin document is not JSON: {error}"))
+}
+
+/// The shipped bootstraps are the generator's output: each says which
+/// `graylane envoy` command wrote it, and running that command again gives
+/// the file (after its own leading comment), byte for byte.
+#[test]
+fn shipped_envoy_configs_are_what_graylane_envoy_writes() {
+    for expected in ["filters/envoy/envoy.yaml", "envoy-test/envoy.yaml"] {
+        let text = fs::read_to_string(repo_root().join(expected)).unwrap();
+        let marker = "# Envoy configuration for the graylane rules in ";
+        let at = text
+            .find(marker)
+            .unwrap_or_else(|| panic!("{expected} does not say it was generated"));
+        let generated = &text[at..];
+        let command = generated
+            .lines()
+            .nth(1)
+            .and_then(|line| line.trim_start_matches('#').trim().strip_prefix("graylane "))
+            .unwrap_or_else(|| panic!("{expected}: no command on the second line"));
+        let args: Vec<&str> = command.split(' ').collect();
+        let run = graylane(&args);
+        assert_eq!(run.code, 0, "{expected}: {}", run.stderr);
+        assert_eq!(
+            run.stdout, generated,
+            "{expected} differs from what `graylane {command}` writes: regenerate it"
+        );
+    }
 }
 
 #[test]
@@ -173,7 +195,8 @@ fn shipped_plugin_documents_compile_and_name_only_defined_clusters() {
             .chain(["fallback".to_string()])
         {
             assert!(
-                yaml.contains(&format!("- name: {cluster}\n")),
+                yaml.contains(&format!("- name: {cluster}\n"))
+                    || yaml.contains(&format!("name: {cluster}\n")),
                 "{}: no cluster {cluster}",
                 path.display()
             );
@@ -203,12 +226,12 @@ fn envoy_configs_pass_envoy_validate() {
             file,
             "--wasm",
             wasm,
-            "--port",
-            "18080",
+            "--listen",
+            "127.0.0.1:18080",
             "--fallback-cluster",
             "elsewhere",
-            "--admin-port",
-            "18901",
+            "--admin",
+            "127.0.0.1:18901",
         ]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let config: Value = serde_norway::from_str(&run.stdout).expect("the output is YAML");
@@ -220,6 +243,8 @@ fn envoy_configs_pass_envoy_validate() {
         assert!(text.contains("present_match: true"));
         assert!(text.contains("cluster: elsewhere"));
         assert!(text.contains("port_value: 18080"));
+        assert!(text.contains("failure_policy: FAIL_RELOAD"));
+        assert!(text.contains("- remove: x-graylane-cluster"));
         let clusters = config["static_resources"]["clusters"].as_array().unwrap();
         let document = graylane_cli::document::load(&repo_root().join(file)).unwrap();
         let mut wanted: Vec<&str> = document
@@ -262,9 +287,99 @@ fn envoy_validate_refuses_what_it_should() {
         "--wasm",
         wasm_path().to_str().unwrap(),
     ]);
-    let tampered = run.stdout.replace("\"weight\":5", "\"weight\":500");
+    let tampered = run.stdout.replace("\"weight\": 5", "\"weight\": 500");
     assert_ne!(tampered, run.stdout);
     let (ok, log) = validate("generated-refused-rules", &tampered);
     assert!(!ok, "envoy accepted rules the plugin refuses:\n{log}");
     assert!(log.contains("services[0].subsets[1].weight"), "{log}");
+}
+
+/// What `graylane envoy` prints, run as printed (bar the addresses) in a
+/// real Envoy, against the attacks its settings are there for.
+#[test]
+fn a_generated_configuration_serves_and_holds_against_client_tricks() {
+    let rules = serde_json::json!({
+        "tag_header": "x-gray-tag",
+        "trust_tag": false,
+        "services": [{
+            "name": "b",
+            "hosts": ["b.test"],
+            "path_prefix": "/api/b",
+            "default": "stable",
+            "sticky": {"source_ip": true},
+            "subsets": [
+                {"name": "stable", "cluster": "b-stable"},
+                {"name": "canary", "cluster": "b-canary", "weight": 50}
+            ]
+        }]
+    });
+    let file = repo_root().join("target/tmp/generated-config-rules.json");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(&file, rules.to_string()).unwrap();
+    let backends: Vec<EchoBackend> = ["b-stable", "b-canary", "fallback"]
+        .into_iter()
+        .map(EchoBackend::start)
+        .collect();
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{}={}", b.name(), b.addr()))
+        .collect();
+    let mut args = vec![
+        "envoy",
+        file.to_str().unwrap(),
+        "--wasm",
+        wasm_path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    for endpoint in &endpoints {
+        args.extend(["--endpoint", endpoint.as_str()]);
+    }
+    let run = graylane(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let envoy = Envoy::start_bootstrap("generated-config", &run.stdout, "yaml");
+    let mut client = envoy.client();
+
+    // It serves: a claimed request reaches a subset of b.
+    let echo = client.send(&Request::get("/api/b/items").host("b.test")).echo();
+    assert!(echo.backend.starts_with("b-"), "{}", echo.backend);
+    let own_subset = echo.backend.clone();
+
+    // A spoofed cluster header on a request no service claims is not obeyed
+    // and never reaches the upstream.
+    let echo = client
+        .send(&Request::get("/").host("elsewhere.test").header("x-graylane-cluster", "b-canary"))
+        .echo();
+    assert_eq!(echo.backend, "fallback");
+    assert!(echo.header_values("x-graylane-cluster").is_empty());
+
+    // The sticky client address is the connection's: X-Forwarded-For cannot
+    // move a client between subsets (at 50% one of these 40 would, were it
+    // the key).
+    for n in 0..40 {
+        let echo = client
+            .send(
+                &Request::get("/api/b/items")
+                    .host("b.test")
+                    .header("x-forwarded-for", &format!("198.18.0.{n}")),
+            )
+            .echo();
+        assert_eq!(echo.backend, own_subset, "X-Forwarded-For 198.18.0.{n} moved the client");
+    }
+
+    // An untrusted tag spelt with underscores does not slip past trust_tag.
+    let echo = client
+        .send(&Request::get("/api/b/items").host("b.test").header("x_gray_tag", "canary"))
+        .echo();
+    assert!(echo.header_values("x_gray_tag").is_empty(), "{:?}", echo.headers);
+
+    // The plugin matches the normalised path: this one is not under /api/b.
+    let echo = client
+        .send(&Request::get("/api/b/../../admin").host("b.test"))
+        .echo();
+    assert_eq!(echo.backend, "fallback");
+    assert_eq!(echo.path, "/admin");
+    envoy.assert_no_wasm_errors();
 }

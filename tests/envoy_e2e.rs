@@ -259,7 +259,9 @@ fn each_match_kind_routes_to_its_subset() {
             ("query, other value", m("/x?q=a%20b"), "m-stable"),
             (
                 "query name in the path is no parameter",
-                m("/q=a%20b%2F%C3%A9"),
+                // (No %2F here: the shipped configuration redirects escaped
+                // slashes to their unescaped form before the plugin runs.)
+                m("/q=a%20b%C3%A9"),
                 "m-stable",
             ),
             (

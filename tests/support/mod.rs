@@ -462,100 +462,32 @@ impl EnvoyConfig {
         self
     }
 
-    /// The bootstrap, as JSON (which Envoy reads as well as YAML).
+    /// The bootstrap: the configuration `graylane envoy` writes, on
+    /// loopback ports Envoy picks, with this test's clusters and settings.
     pub fn bootstrap(&self) -> Value {
-        let loopback_port_0 = json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
-        // The guard runs before route selection. (A header_mutation *HTTP
-        // filter* would not do: it selects the route, with the client's
-        // header in it, before it removes the header.)
-        let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
-            vec![json!({
-                "name": "envoy.http.early_header_mutation.header_mutation",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": self.cluster_header}]
-                }
-            })]
-        } else {
-            Vec::new()
-        };
-        let mut http_filters = Vec::new();
-        http_filters.push(json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "graylane",
-                    "root_id": "graylane",
-                    "failure_policy": self.failure_policy,
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": self.plugin_json,
-                    },
-                    "vm_config": {
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": self.wasm}},
-                    },
-                },
-            },
-        }));
-        http_filters.push(json!({
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }));
-        let clusters: Vec<Value> = self
+        let mut bootstrap = graylane_cli::envoy::Bootstrap::new(
+            self.plugin_json.clone(),
+            &self.cluster_header,
+            &self.wasm.display().to_string(),
+        );
+        bootstrap.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        bootstrap.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        bootstrap.fallback_cluster = self.fallback_cluster.clone();
+        bootstrap.failure_policy = self.failure_policy.clone();
+        bootstrap.guard_cluster_header = self.guard_cluster_header;
+        bootstrap.clusters = self
             .clusters
             .iter()
-            .map(|(name, addr)| {
-                json!({
-                    "name": name,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": name,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                            "address": addr.ip().to_string(),
-                            "port_value": addr.port(),
-                        }}}}]}],
-                    },
-                })
+            .map(|(name, addr)| graylane_cli::envoy::Cluster {
+                name: name.clone(),
+                endpoints: vec![graylane_cli::envoy::Endpoint {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                }],
+                http2: false,
             })
             .collect();
-        json!({
-            "admin": {"address": loopback_port_0},
-            "static_resources": {
-                "listeners": [{
-                    "name": "ingress",
-                    "address": loopback_port_0,
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "early_header_mutation_extensions": early_header_mutations,
-                            "route_config": {"virtual_hosts": [{
-                                "name": "all",
-                                "domains": ["*"],
-                                "routes": [
-                                    {
-                                        "match": {"prefix": "/", "headers": [
-                                            {"name": self.cluster_header, "present_match": true}
-                                        ]},
-                                        "route": {"cluster_header": self.cluster_header},
-                                    },
-                                    {
-                                        "match": {"prefix": "/"},
-                                        "route": {"cluster": self.fallback_cluster},
-                                    },
-                                ],
-                            }]},
-                            "http_filters": http_filters,
-                        },
-                    }]}],
-                }],
-                "clusters": clusters,
-            },
-        })
+        bootstrap.to_value()
     }
 }
 
@@ -623,15 +555,29 @@ impl Envoy {
 
     /// Starts Envoy; `Err` when it exits before it is ready.
     pub fn try_start(config: &EnvoyConfig) -> Result<Envoy, EnvoyExited> {
-        let dir = scratch_dir(&config.label);
-        let config_path = dir.join("envoy.json");
+        let bootstrap = serde_json::to_string_pretty(&config.bootstrap()).expect("bootstrap is JSON");
+        Envoy::try_start_bootstrap(&config.label, &bootstrap, "json")
+    }
+
+    /// Starts Envoy on a bootstrap given as text (`extension` says whether
+    /// it is `yaml` or `json`), whose listener and admin bind port 0 on
+    /// loopback; panics when it is not ready within a minute or exits.
+    pub fn start_bootstrap(label: &str, bootstrap: &str, extension: &str) -> Envoy {
+        match Envoy::try_start_bootstrap(label, bootstrap, extension) {
+            Ok(envoy) => envoy,
+            Err(exited) => panic!(
+                "Envoy exited with {} before it was ready; its log:\n{}",
+                exited.status, exited.log
+            ),
+        }
+    }
+
+    fn try_start_bootstrap(label: &str, bootstrap: &str, extension: &str) -> Result<Envoy, EnvoyExited> {
+        let dir = scratch_dir(label);
+        let config_path = dir.join(format!("envoy.{extension}"));
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin-address");
-        fs::write(
-            &config_path,
-            serde_json::to_vec_pretty(&config.bootstrap()).expect("bootstrap is JSON"),
-        )
-        .expect("cannot write the Envoy config");
+        fs::write(&config_path, bootstrap).expect("cannot write the Envoy config");
         let log = File::create(&log_path).expect("cannot create the Envoy log");
         let started = Instant::now();
         let mut command = Command::new(envoy_bin());
@@ -1001,20 +947,17 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `graylane ARGS` from the repository root.
+/// Runs `graylane ARGS` from the repository root, as a user there would
+/// (relative paths are the repository's).
 pub fn graylane(args: &[&str]) -> Run {
+    static AT_ROOT: OnceLock<()> = OnceLock::new();
+    // Every test wants the same directory: set once, never changed.
+    AT_ROOT.get_or_init(|| {
+        std::env::set_current_dir(repo_root()).expect("cannot enter the repository root")
+    });
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    let mut argv = vec!["graylane".to_string()];
-    argv.extend(args.iter().map(|arg| {
-        // Relative paths are the repository's, as when run from its root.
-        let path = repo_root().join(arg);
-        if !arg.starts_with('-') && !Path::new(arg).is_absolute() && path.exists() {
-            path.display().to_string()
-        } else {
-            arg.to_string()
-        }
-    }));
+    let argv = std::iter::once("graylane").chain(args.iter().copied());
     let code = graylane_cli::run_with(argv, &mut stdout, &mut stderr);
     Run {
         code: i32::from(code),

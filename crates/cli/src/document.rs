@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use graylane_core::json::{self, Node};
 use graylane_core::read::{ConfigError, Refusal as Reason};
 use graylane_core::rules::Rules;
+use graylane_core::source::Extensions;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -125,12 +126,19 @@ pub struct Document {
     /// The document as read, as the plugin is configured with it.
     pub node: Node,
     pub rules: Rules,
+    /// `source` and `apisix_mode`, as the plugin reads them.
+    pub extensions: Extensions,
 }
 
 impl Document {
     /// The document as the one-line JSON the gateway's configuration carries.
     pub fn json(&self) -> String {
         self.node.to_json()
+    }
+
+    /// The document as indented JSON, for configurations people read.
+    pub fn json_pretty(&self) -> String {
+        self.node.to_json_pretty()
     }
 }
 
@@ -155,11 +163,12 @@ pub fn load_text(file: &Path, text: &str) -> Result<Document, LoadError> {
     // The plugin's own entry point: `source` and `apisix_mode` are checked
     // too, so what passes here passes the gateway.
     match graylane_core::source::configure_node(&node) {
-        Ok((rules, _)) => Ok(Document {
+        Ok((rules, extensions)) => Ok(Document {
             file: file.to_path_buf(),
             format,
             node,
             rules,
+            extensions,
         }),
         Err(errors) => Err(refused(
             errors

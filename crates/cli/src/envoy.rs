@@ -1,229 +1,364 @@
-//! `graylane envoy`: a ready Envoy configuration for a rule document.
+//! The one Envoy configuration graylane ships, in every form it takes:
+//! `graylane envoy` prints it, `filters/envoy/envoy.yaml` and
+//! `envoy-test/envoy.yaml` are its output (a test regenerates them and
+//! compares), and the end-to-end tests start Envoy with it. So the guards and
+//! the failure policy users run with are the ones the tests prove.
+//!
+//! What every configuration holds, and why:
+//! - the wasm filter with the rules, `failure_policy: FAIL_RELOAD` (a crashed
+//!   VM answers 503 until a fresh one is loaded; never FAIL_OPEN, which would
+//!   forward the request unrouted, with the client's own cluster header);
+//! - an early header mutation removing any client-sent cluster header before
+//!   the route is chosen (an HTTP `header_mutation` filter would act after the
+//!   route was picked with the client's header in it);
+//! - two routes: to the cluster the plugin names, only when it named one; else
+//!   to the fallback cluster (what served the traffic before graylane);
+//! - the edge hardening a routing plugin depends on: the client address is the
+//!   connection's (`use_remote_address`; `X-Forwarded-For` is trusted only for
+//!   the hops configured), headers with underscores are dropped (`x_gray_tag`
+//!   reaches many stacks as `X-Gray-Tag`), and paths are normalised before the
+//!   plugin matches them (`/api/b/../../admin` is not under `/api/b`);
+//! - `stats_config` tags, so that Prometheus sees `service` and `subset` as
+//!   labels of `graylane_requests_total`;
+//! - an admin interface on 127.0.0.1 unless asked otherwise.
 
-use serde_norway::{Mapping, Value as Yaml};
+use std::net::SocketAddr;
 
-use super::document::Document;
+use serde_json::{json, Value};
 
-/// What the generated configuration needs besides the rules.
-#[derive(Debug, Clone)]
-pub struct EnvoyOptions {
-    /// The plugin, as Envoy will find it.
-    pub wasm: String,
-    pub listen_address: String,
+/// One upstream endpoint: an IP address makes a STATIC cluster, a name a
+/// STRICT_DNS one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
     pub port: u16,
-    /// Where requests no service claimed go.
-    pub fallback_cluster: String,
-    /// Stub endpoints: every cluster gets this address and its own port,
-    /// counting up from `upstream_port_base`.
-    pub upstream_address: String,
-    pub upstream_port_base: u16,
-    pub admin_port: Option<u16>,
 }
 
-/// Every cluster the rules name, in document order, then the fallback.
-pub fn cluster_names(document: &Document, fallback: &str) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let all = document
-        .rules
-        .services
-        .iter()
-        .flat_map(|service| service.subsets.iter().map(|s| s.cluster.as_str()))
-        .chain(std::iter::once(fallback));
-    for name in all {
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?}: an endpoint is HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text:?}: the host is empty"));
+        }
+        let port = port
+            .parse()
+            .map_err(|_| format!("{text:?}: the port must be a number from 0 to 65535"))?;
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl Endpoint {
+    fn is_ip(&self) -> bool {
+        self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+}
+
+/// An upstream cluster of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    /// gRPC and watch streams need HTTP/2 to the upstream (etcd).
+    pub http2: bool,
+}
+
+/// Everything the configuration is made of.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// The plugin's document, as the filter's configuration string.
+    pub plugin_json: String,
+    /// The header the route reads the cluster from (`cluster_header`).
+    pub cluster_header: String,
+    /// The `.wasm`, as Envoy will find it.
+    pub wasm: String,
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub clusters: Vec<Cluster>,
+    /// Where requests go that no service claims (among `clusters`).
+    pub fallback_cluster: String,
+    /// `FAIL_RELOAD` (shipped) or `FAIL_CLOSED`; the tests also try others.
+    pub failure_policy: String,
+    /// Remove a client-sent cluster header before routing (shipped: on).
+    pub guard_cluster_header: bool,
+    /// `X-Forwarded-For` hops before this gateway that are trusted.
+    pub trusted_hops: u32,
+}
+
+impl Bootstrap {
+    /// The shipped configuration for a plugin document: FAIL_RELOAD, the
+    /// guard on, admin on 127.0.0.1:9901, listener on 127.0.0.1:10000.
+    pub fn new(plugin_json: String, cluster_header: &str, wasm: &str) -> Bootstrap {
+        Bootstrap {
+            plugin_json,
+            cluster_header: cluster_header.to_string(),
+            wasm: wasm.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 10_000)),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9_901))),
+            clusters: Vec::new(),
+            fallback_cluster: "fallback".to_string(),
+            failure_policy: "FAIL_RELOAD".to_string(),
+            guard_cluster_header: true,
+            trusted_hops: 0,
         }
     }
-    names
-}
 
-/// A YAML mapping that keeps the order given, so the output reads as a
-/// person would write it (`name` first).
-fn map<const N: usize>(pairs: [(&str, Yaml); N]) -> Yaml {
-    let mut mapping = Mapping::new();
-    for (key, value) in pairs {
-        mapping.insert(Yaml::from(key), value);
+    /// The configuration as a JSON value (Envoy reads JSON as well as YAML).
+    pub fn to_value(&self) -> Value {
+        let header = self.cluster_header.as_str();
+        let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
+            vec![json!({
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    "mutations": [{"remove": header}]
+                }
+            })]
+        } else {
+            Vec::new()
+        };
+        let wasm_filter = json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "graylane",
+                    "root_id": "graylane",
+                    "failure_policy": self.failure_policy,
+                    "vm_config": {
+                        "vm_id": "graylane",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": self.wasm}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": self.plugin_json
+                    }
+                }
+            }
+        });
+        let manager = json!({
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "use_remote_address": true,
+                "xff_num_trusted_hops": self.trusted_hops,
+                "normalize_path": true,
+                "merge_slashes": true,
+                "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+                "common_http_protocol_options": {"headers_with_underscores_action": "DROP_HEADER"},
+                "early_header_mutation_extensions": early_header_mutations,
+                "route_config": {
+                    "name": "graylane",
+                    "virtual_hosts": [{
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "name": "graylane-chosen-cluster",
+                                "match": {"prefix": "/", "headers": [{"name": header, "present_match": true}]},
+                                "route": {"cluster_header": header}
+                            },
+                            {
+                                "name": "graylane-fallback",
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": self.fallback_cluster}
+                            }
+                        ]
+                    }]
+                },
+                "http_filters": [
+                    wasm_filter,
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }
+                ]
+            }
+        });
+        let mut config = json!({
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": socket_address(&self.listen.ip().to_string(), self.listen.port()),
+                    "filter_chains": [{"filters": [manager]}]
+                }],
+                "clusters": self.clusters.iter().map(cluster).collect::<Vec<_>>()
+            },
+            "stats_config": {"stats_tags": stats_tags()}
+        });
+        if let (Some(admin), Some(top)) = (self.admin, config.as_object_mut()) {
+            top.insert(
+                "admin".into(),
+                json!({"address": socket_address(&admin.ip().to_string(), admin.port())}),
+            );
+        }
+        config
     }
-    Yaml::Mapping(mapping)
+
+    /// The configuration as commented YAML, as users read and paste it.
+    pub fn to_yaml(&self, header: &str) -> Result<String, String> {
+        let body = serde_norway::to_string(&self.to_value()).map_err(|e| e.to_string())?;
+        let mut out = String::from(header);
+        for line in body.lines() {
+            let content = line.trim_start();
+            let indent = line.get(..line.len() - content.len()).unwrap_or_default();
+            let item = content.strip_prefix("- ").unwrap_or(content);
+            if let Some((_, comment)) = COMMENTS.iter().find(|(key, _)| item.starts_with(key)) {
+                for comment_line in comment.lines() {
+                    out.push_str(indent);
+                    out.push_str("# ");
+                    out.push_str(comment_line);
+                    out.push('\n');
+                }
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        Ok(out)
+    }
 }
 
-fn text(value: &str) -> Yaml {
-    Yaml::from(value)
+/// Comments written before the first line starting with each key.
+const COMMENTS: &[(&str, &str)] = &[
+    (
+        "use_remote_address:",
+        "The client address is the connection's: a client cannot pick its sticky\n\
+         bucket (sticky: {source_ip: true}) with X-Forwarded-For. Behind a proxy of\n\
+         yours, count it in xff_num_trusted_hops.",
+    ),
+    (
+        "normalize_path:",
+        "Paths are normalised before the plugin matches them: /api/b/../../admin\n\
+         is not under /api/b.",
+    ),
+    (
+        "common_http_protocol_options:",
+        "x_gray_tag would reach many upstreams as X-Gray-Tag, past trust_tag: false.",
+    ),
+    (
+        "early_header_mutation_extensions:",
+        "Guard: a client-sent cluster header is removed before the route is chosen\n\
+         and before any filter runs (the plugin removes it too). An HTTP\n\
+         header_mutation filter would act after the route was picked, client\n\
+         header included.",
+    ),
+    (
+        "name: graylane-chosen-cluster",
+        "The plugin writes the chosen cluster into the cluster header: forward there.",
+    ),
+    (
+        "name: graylane-fallback",
+        "No service claimed the request: where it went before graylane.",
+    ),
+    (
+        "failure_policy:",
+        "A crashed VM answers 503 until a fresh one is loaded; never FAIL_OPEN,\n\
+         which would forward requests unrouted, with the client's own header.",
+    ),
+    (
+        "stats_config:",
+        "graylane_requests_total.service.<s>.subset.<x> as labels for Prometheus.",
+    ),
+];
+
+fn socket_address(address: &str, port: u16) -> Value {
+    json!({"socket_address": {"address": address, "port_value": port}})
 }
 
-fn typed(type_url: &str) -> (&'static str, Yaml) {
-    ("@type", text(&format!("type.googleapis.com/{type_url}")))
-}
-
-fn socket_address(address: &str, port: u32) -> Yaml {
-    map([(
-        "socket_address",
-        map([("address", text(address)), ("port_value", Yaml::from(port))]),
-    )])
-}
-
-pub fn config(document: &Document, options: &EnvoyOptions) -> Yaml {
-    let cluster_header = document.rules.cluster_header.as_str();
-    let clusters: Vec<Yaml> = cluster_names(document, &options.fallback_cluster)
+fn cluster(cluster: &Cluster) -> Value {
+    let dns = cluster.endpoints.iter().any(|endpoint| !endpoint.is_ip());
+    let endpoints: Vec<Value> = cluster
+        .endpoints
         .iter()
-        .enumerate()
-        .map(|(position, name)| {
-            let port = u32::from(options.upstream_port_base).saturating_add(position as u32);
-            let endpoint = map([(
-                "endpoint",
-                map([("address", socket_address(&options.upstream_address, port))]),
-            )]);
-            map([
-                ("name", text(name)),
-                ("type", text("STATIC")),
-                ("connect_timeout", text("1s")),
-                (
-                    "load_assignment",
-                    map([
-                        ("cluster_name", text(name)),
-                        (
-                            "endpoints",
-                            Yaml::Sequence(vec![map([(
-                                "lb_endpoints",
-                                Yaml::Sequence(vec![endpoint]),
-                            )])]),
-                        ),
-                    ]),
-                ),
-            ])
-        })
+        .map(|endpoint| json!({"endpoint": {"address": socket_address(&endpoint.host, endpoint.port)}}))
         .collect();
-    let wasm_filter = map([
-        ("name", text("envoy.filters.http.wasm")),
-        (
-            "typed_config",
-            map([
-                typed("envoy.extensions.filters.http.wasm.v3.Wasm"),
-                (
-                    "config",
-                    map([
-                        ("name", text("graylane")),
-                        ("root_id", text("graylane")),
-                        (
-                            "configuration",
-                            map([
-                                typed("google.protobuf.StringValue"),
-                                ("value", text(&document.json())),
-                            ]),
-                        ),
-                        (
-                            "vm_config",
-                            map([
-                                ("vm_id", text("graylane")),
-                                ("runtime", text("envoy.wasm.runtime.v8")),
-                                (
-                                    "code",
-                                    map([("local", map([("filename", text(&options.wasm))]))]),
-                                ),
-                            ]),
-                        ),
-                    ]),
-                ),
-            ]),
-        ),
-    ]);
-    let chosen_route = map([
-        ("name", text("graylane-chosen-cluster")),
-        (
-            "match",
-            map([
-                ("prefix", text("/")),
-                (
-                    "headers",
-                    Yaml::Sequence(vec![map([
-                        ("name", text(cluster_header)),
-                        ("present_match", Yaml::from(true)),
-                    ])]),
-                ),
-            ]),
-        ),
-        ("route", map([("cluster_header", text(cluster_header))])),
-    ]);
-    let fallback_route = map([
-        ("name", text("graylane-fallback")),
-        ("match", map([("prefix", text("/"))])),
-        ("route", map([("cluster", text(&options.fallback_cluster))])),
-    ]);
-    let manager = map([
-        ("name", text("envoy.filters.network.http_connection_manager")),
-        (
-            "typed_config",
-            map([
-                typed("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
-                ("stat_prefix", text("graylane")),
-                (
-                    "route_config",
-                    map([
-                        ("name", text("graylane")),
-                        (
-                            "virtual_hosts",
-                            Yaml::Sequence(vec![map([
-                                ("name", text("all")),
-                                ("domains", Yaml::Sequence(vec![text("*")])),
-                                ("routes", Yaml::Sequence(vec![chosen_route, fallback_route])),
-                            ])]),
-                        ),
-                    ]),
-                ),
-                (
-                    "http_filters",
-                    Yaml::Sequence(vec![
-                        wasm_filter,
-                        map([
-                            ("name", text("envoy.filters.http.router")),
-                            (
-                                "typed_config",
-                                map([typed("envoy.extensions.filters.http.router.v3.Router")]),
-                            ),
-                        ]),
-                    ]),
-                ),
-            ]),
-        ),
-    ]);
-    let listener = map([
-        ("name", text("graylane")),
-        (
-            "address",
-            socket_address(&options.listen_address, u32::from(options.port)),
-        ),
-        (
-            "filter_chains",
-            Yaml::Sequence(vec![map([("filters", Yaml::Sequence(vec![manager]))])]),
-        ),
-    ]);
-    let mut config = map([(
-        "static_resources",
-        map([
-            ("listeners", Yaml::Sequence(vec![listener])),
-            ("clusters", Yaml::Sequence(clusters)),
-        ]),
-    )]);
-    if let (Some(port), Yaml::Mapping(top)) = (options.admin_port, &mut config) {
-        top.insert(
-            text("admin"),
-            map([("address", socket_address("127.0.0.1", u32::from(port)))]),
-        );
+    let mut value = json!({
+        "name": cluster.name,
+        "type": if dns { "STRICT_DNS" } else { "STATIC" },
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": cluster.name,
+            "endpoints": [{"lb_endpoints": endpoints}]
+        }
+    });
+    if cluster.http2 {
+        if let Some(object) = value.as_object_mut() {
+            object.insert(
+                "typed_extension_protocol_options".into(),
+                json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }}),
+            );
+        }
     }
-    config
+    value
 }
 
-/// The configuration as YAML, with a header saying what to replace.
-pub fn render(document: &Document, options: &EnvoyOptions) -> Result<String, String> {
-    let body = serde_norway::to_string(&config(document, options)).map_err(|e| e.to_string())?;
-    Ok(format!(
-        "# Envoy configuration for the graylane rules in {}, written by `graylane envoy`.\n\
-         # The plugin writes the chosen cluster into {}; the first route forwards to\n\
-         # the cluster that header names, the second sends what no service claimed\n\
-         # to {}. The clusters are stubs at {}: point them at your upstreams.\n{body}",
-        document.file.display(),
-        document.rules.cluster_header,
-        options.fallback_cluster,
-        options.upstream_address,
-    ))
+/// `wasmcustom.graylane_requests_total.service.<s>.subset.<x>` → the tags
+/// `graylane_service` and `graylane_subset`.
+fn stats_tags() -> Value {
+    json!([
+        {
+            "tag_name": "graylane_service",
+            "regex": "^wasmcustom\\.graylane_requests_total(\\.service\\.([^.]+))\\.subset\\.[^.]+$"
+        },
+        {
+            "tag_name": "graylane_subset",
+            "regex": "^wasmcustom\\.graylane_requests_total\\.service\\.[^.]+(\\.subset\\.([^.]+))$"
+        }
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_and_say_what_is_wrong() {
+        assert_eq!(
+            "b.internal:8080".parse::<Endpoint>(),
+            Ok(Endpoint {
+                host: "b.internal".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            "[::1]:80".parse::<Endpoint>().map(|e| e.host),
+            Ok("::1".to_string())
+        );
+        assert!("b.internal".parse::<Endpoint>().unwrap_err().contains("HOST:PORT"));
+        assert!("b:99999".parse::<Endpoint>().unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn comments_go_before_their_keys_at_their_indentation() {
+        let mut bootstrap = Bootstrap::new("{}".into(), "x-c", "/g.wasm");
+        bootstrap.clusters.push(Cluster {
+            name: "fallback".into(),
+            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            http2: false,
+        });
+        let yaml = bootstrap.to_yaml("# header\n").unwrap();
+        assert!(yaml.starts_with("# header\n"));
+        let lines: Vec<&str> = yaml.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with("failure_policy:"))
+            .unwrap();
+        let indent = lines[at].len() - lines[at].trim_start().len();
+        assert!(lines[at - 1].starts_with(&format!("{}# ", " ".repeat(indent))));
+        // The YAML still reads as the value it was made from.
+        let parsed: Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(parsed, bootstrap.to_value());
+    }
 }

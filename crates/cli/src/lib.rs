@@ -186,27 +186,35 @@ struct SimulateArgs {
 struct EnvoyArgs {
     /// The rule document (JSON or YAML)
     file: PathBuf,
-    /// The plugin's .wasm, as Envoy will find it
-    #[arg(long, default_value = "graylane.wasm")]
-    wasm: String,
-    /// The listener's port
-    #[arg(long, default_value_t = 10000)]
-    port: u16,
-    /// The listener's address
-    #[arg(long, default_value = "0.0.0.0")]
-    listen_address: String,
+    /// The plugin's .wasm as Envoy will find it [default: this checkout's release build, as an absolute path]
+    #[arg(long)]
+    wasm: Option<String>,
+    /// The listener's address and port
+    #[arg(long, default_value = "127.0.0.1:10000", value_name = "ADDR:PORT")]
+    listen: std::net::SocketAddr,
+    /// The admin interface's address and port
+    #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR:PORT", conflicts_with = "no_admin")]
+    admin: std::net::SocketAddr,
+    /// No admin interface
+    #[arg(long)]
+    no_admin: bool,
+    /// An upstream of a cluster, CLUSTER=HOST:PORT (repeatable, several per cluster); a host name makes a DNS cluster
+    #[arg(long = "endpoint", value_name = "CLUSTER=HOST:PORT")]
+    endpoints: Vec<String>,
     /// The cluster for requests no service claims
     #[arg(long, default_value = "fallback")]
     fallback_cluster: String,
-    /// Address of the stub endpoints
+    /// Stub endpoints for clusters without --endpoint: this address, one port each counting up from --stub-port-base
     #[arg(long, default_value = "127.0.0.1")]
-    upstream_address: String,
-    /// First port of the stub endpoints; each cluster gets the next one
+    stub_address: String,
     #[arg(long, default_value_t = 18100)]
-    upstream_port_base: u16,
-    /// Add an admin interface on 127.0.0.1 at this port
-    #[arg(long)]
-    admin_port: Option<u16>,
+    stub_port_base: u16,
+    /// What Envoy does when the plugin's VM fails
+    #[arg(long, default_value = "FAIL_RELOAD", value_parser = ["FAIL_RELOAD", "FAIL_CLOSED"])]
+    failure_policy: String,
+    /// Proxies of yours in front of this gateway whose X-Forwarded-For is trusted
+    #[arg(long, default_value_t = 0)]
+    trusted_hops: u32,
 }
 
 /// Runs the command with these arguments (the first is the program name) and
@@ -443,17 +451,122 @@ fn simulate(args: &SimulateArgs) -> Result<String, Failure> {
 
 fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     let document = document::load(&args.file)?;
-    let options = envoy::EnvoyOptions {
-        wasm: args.wasm.clone(),
-        listen_address: args.listen_address.clone(),
-        port: args.port,
-        fallback_cluster: args.fallback_cluster.clone(),
-        upstream_address: args.upstream_address.clone(),
-        upstream_port_base: args.upstream_port_base,
-        admin_port: args.admin_port,
+    let wasm = match &args.wasm {
+        Some(wasm) => wasm.clone(),
+        None => {
+            let built = Path::new("target/wasm32-wasip1/release/graylane.wasm");
+            std::path::absolute(built)
+                .map_err(|e| usage(format!("cannot make the wasm path absolute: {e}")))?
+                .display()
+                .to_string()
+        }
     };
-    envoy::render(&document, &options).map_err(|e| Failure {
+    let mut endpoints: Vec<(String, envoy::Endpoint)> = Vec::new();
+    for given in &args.endpoints {
+        let (cluster, endpoint) = given
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--endpoint {given:?}: give CLUSTER=HOST:PORT")))?;
+        let endpoint = endpoint
+            .parse()
+            .map_err(|e| usage(format!("--endpoint {e}")))?;
+        endpoints.push((cluster.to_string(), endpoint));
+    }
+    let names = envoy_cluster_names(&document, &args.fallback_cluster);
+    if let Some((unknown, _)) = endpoints.iter().find(|(cluster, _)| !names.contains(cluster)) {
+        return Err(usage(format!(
+            "--endpoint {unknown}=…: no such cluster; the configuration has: {}",
+            names.join(", ")
+        )));
+    }
+    let mut bootstrap = envoy::Bootstrap::new(document.json_pretty(), &document.rules.cluster_header, &wasm);
+    bootstrap.listen = args.listen;
+    bootstrap.admin = (!args.no_admin).then_some(args.admin);
+    bootstrap.fallback_cluster = args.fallback_cluster.clone();
+    bootstrap.failure_policy = args.failure_policy.clone();
+    bootstrap.trusted_hops = args.trusted_hops;
+    let mut stub_port = args.stub_port_base;
+    for name in names {
+        let mut given: Vec<envoy::Endpoint> = endpoints
+            .iter()
+            .filter(|(cluster, _)| *cluster == name)
+            .map(|(_, endpoint)| endpoint.clone())
+            .collect();
+        if given.is_empty() {
+            given.push(envoy::Endpoint {
+                host: args.stub_address.clone(),
+                port: stub_port,
+            });
+            stub_port = stub_port.saturating_add(1);
+        }
+        bootstrap.clusters.push(envoy::Cluster {
+            name,
+            endpoints: given,
+            http2: false,
+        });
+    }
+    let header = format!(
+        "# Envoy configuration for the graylane rules in {}, written by\n\
+         #   {}\n\
+         # Check it before you ship it: envoy --mode validate -c THIS_FILE (loads\n\
+         # the plugin and runs its configuration check).\n",
+        args.file.display(),
+        envoy_command_line(args, &wasm),
+    );
+    bootstrap.to_yaml(&header).map_err(|e| Failure {
         code: EXIT_INVALID,
         message: format!("graylane: cannot write the Envoy config: {e}"),
     })
+}
+
+/// The command that writes this configuration again: the flags that differ
+/// from their defaults, in a fixed order.
+fn envoy_command_line(args: &EnvoyArgs, wasm: &str) -> String {
+    let mut line = format!("graylane envoy {} --wasm {wasm}", args.file.display());
+    if args.listen.to_string() != "127.0.0.1:10000" {
+        line.push_str(&format!(" --listen {}", args.listen));
+    }
+    if args.no_admin {
+        line.push_str(" --no-admin");
+    } else if args.admin.to_string() != "127.0.0.1:9901" {
+        line.push_str(&format!(" --admin {}", args.admin));
+    }
+    for endpoint in &args.endpoints {
+        line.push_str(&format!(" --endpoint {endpoint}"));
+    }
+    if args.fallback_cluster != "fallback" {
+        line.push_str(&format!(" --fallback-cluster {}", args.fallback_cluster));
+    }
+    if args.stub_address != "127.0.0.1" {
+        line.push_str(&format!(" --stub-address {}", args.stub_address));
+    }
+    if args.stub_port_base != 18100 {
+        line.push_str(&format!(" --stub-port-base {}", args.stub_port_base));
+    }
+    if args.failure_policy != "FAIL_RELOAD" {
+        line.push_str(&format!(" --failure-policy {}", args.failure_policy));
+    }
+    if args.trusted_hops != 0 {
+        line.push_str(&format!(" --trusted-hops {}", args.trusted_hops));
+    }
+    line
+}
+
+/// Every cluster the configuration needs: those the rules name, the rules
+/// source's, and the fallback.
+fn envoy_cluster_names(document: &Document, fallback: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let source = document.extensions.source.as_ref().map(|s| s.cluster.as_str());
+    let all = document
+        .rules
+        .services
+        .iter()
+        .flat_map(|service| service.subsets.iter().map(|s| s.cluster.as_str()))
+        .chain(source)
+        .chain(std::iter::once(fallback));
+    for name in all {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
 }

@@ -228,6 +228,50 @@ impl Node {
         out
     }
 
+    /// The value as JSON text indented by two spaces, one member or item a
+    /// line.
+    pub fn to_json_pretty(&self) -> String {
+        let mut out = String::new();
+        self.write_pretty(&mut out, 0);
+        out
+    }
+
+    fn write_pretty(&self, out: &mut String, depth: usize) {
+        let newline = |out: &mut String, depth: usize| {
+            out.push('\n');
+            out.push_str(&"  ".repeat(depth));
+        };
+        match &self.value {
+            Value::Array(items) if !items.is_empty() => {
+                out.push('[');
+                for (position, item) in items.iter().enumerate() {
+                    if position > 0 {
+                        out.push(',');
+                    }
+                    newline(out, depth + 1);
+                    item.write_pretty(out, depth + 1);
+                }
+                newline(out, depth);
+                out.push(']');
+            }
+            Value::Object(members) if !members.is_empty() => {
+                out.push('{');
+                for (position, member) in members.iter().enumerate() {
+                    if position > 0 {
+                        out.push(',');
+                    }
+                    newline(out, depth + 1);
+                    write_string(&member.key, out);
+                    out.push_str(": ");
+                    member.value.write_pretty(out, depth + 1);
+                }
+                newline(out, depth);
+                out.push('}');
+            }
+            _ => self.write_json(out),
+        }
+    }
+
     fn write_json(&self, out: &mut String) {
         match &self.value {
             Value::Null => out.push_str("null"),
@@ -677,6 +721,10 @@ mod tests {
         let text = r#"{"a":[1,-2.5e3,true,null,{}],"b":"q\"\\\n\u0001é","a":[]}"#;
         let node = ok(text);
         assert_eq!(node.to_json(), text);
+        assert_eq!(
+            ok(r#"{"a":[1,{}],"b":[]}"#).to_json_pretty(),
+            "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}"
+        );
         assert_eq!(ok(&node.to_json()), node.clone().with_offsets_of(&ok(&node.to_json())));
     }
 
