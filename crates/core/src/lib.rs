@@ -20,6 +20,7 @@ pub mod json;
 pub mod read;
 pub mod decision;
 pub mod metrics;
+pub mod pattern;
 pub mod registry;
 pub mod request;
 pub mod rules;

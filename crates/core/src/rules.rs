@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::pattern::Pattern;
 use crate::split::WeightTable;
 
 #[derive(Debug)]
@@ -66,7 +67,7 @@ pub enum HostPattern {
 pub struct MatchEntry {
     pub headers: Vec<NamedMatch>,
     pub cookies: Vec<NamedMatch>,
-    pub cookie_regex: Option<regex::bytes::Regex>,
+    pub cookie_regex: Option<Pattern>,
     pub path: Option<StringMatch>,
     pub query: Vec<NamedMatch>,
     /// Upper-case; compared case-insensitively.
@@ -87,7 +88,7 @@ pub enum StringMatch {
     Suffix(Vec<u8>),
     Contains(Vec<u8>),
     /// Byte regex, so that values that are not UTF-8 can still be matched.
-    Regex(regex::bytes::Regex),
+    Regex(Pattern),
     Present(bool),
 }
 
@@ -109,11 +110,9 @@ impl StringMatch {
     }
 }
 
+/// Linear time in the haystack and the needle, whatever their contents.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|window| window == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Finds the services that may claim a host without scanning them all: exact

@@ -3,11 +3,8 @@
 use super::names::check_header_name;
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
+use crate::pattern::Pattern;
 use crate::rules::{MatchEntry, NamedMatch, StringMatch};
-
-/// Compiled regexes are bounded so that a hostile or careless pattern cannot
-/// take a worker's memory; the `regex` crate already guarantees linear time.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The string-match kinds, exactly one of which a string match gives.
 pub const MATCH_KINDS: &[&str] = &["exact", "prefix", "suffix", "contains", "regex", "present"];
@@ -203,28 +200,11 @@ fn string_match_of(
     found
 }
 
-fn compile_regex(
-    pattern: &str,
-    path: &Path,
-    node: &Node,
-    errors: &mut ConfigErrors,
-) -> Option<regex::bytes::Regex> {
-    match regex::bytes::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-    {
-        Ok(regex) => Some(regex),
-        Err(error) => {
-            // The regex crate's message spans several lines with a caret
-            // under the fault; one line reads better in a gateway log.
-            let message = error
-                .to_string()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ");
-            errors.push(path, node, Refusal::Invalid(format!("regex does not compile: {message}")));
+fn compile_regex(pattern: &str, path: &Path, node: &Node, errors: &mut ConfigErrors) -> Option<Pattern> {
+    match Pattern::new(pattern) {
+        Ok(pattern) => Some(pattern),
+        Err(message) => {
+            errors.push(path, node, Refusal::Invalid(message));
             None
         }
     }
