@@ -102,13 +102,20 @@ mod tests {
     #[test]
     fn memory_is_measured_and_bounded() {
         let small = Pattern::new("^canary$").unwrap();
-        assert!(small.memory() < CACHE_BYTES + 16 << 10, "{}", small.memory());
+        assert!(
+            small.memory() < CACHE_BYTES + (16 << 10),
+            "{}",
+            small.memory()
+        );
         let big = Pattern::new(r"\w{20}@c1").unwrap();
         assert!(big.memory() > 500 << 10, "{}", big.memory());
         let error = Pattern::new(r"\w{5000}").unwrap_err();
         assert!(error.contains("exceeds size limit"), "{error}");
         let error = Pattern::new("(a").unwrap_err();
-        assert!(error.starts_with("regex does not compile: regex parse error:"), "{error}");
+        assert!(
+            error.starts_with("regex does not compile: regex parse error:"),
+            "{error}"
+        );
         assert!(!error.contains('\n'));
     }
 }

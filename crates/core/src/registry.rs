@@ -76,7 +76,11 @@ impl RegistryService {
 /// "path_prefix"?, "sticky"?, "cluster_template"?}`. The fields are checked
 /// now, when the plugin is configured, by compiling the service they would
 /// make with one stable subset; a refusal names `source.service.…`.
-pub fn read_service_settings(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<RegistryService> {
+pub fn read_service_settings(
+    node: &Node,
+    path: &Path,
+    errors: &mut ConfigErrors,
+) -> Option<RegistryService> {
     let before = errors.0.len();
     let mut object = Object::new(node, path, errors)?;
     let name = match object.non_empty_string("name", false, errors) {
@@ -109,7 +113,12 @@ pub fn read_service_settings(node: &Node, path: &Path, errors: &mut ConfigErrors
         ("cluster", Node::string(service.cluster("stable"))),
     ]);
     let probe = service.service_node("stable", vec![stable]);
-    read_service(&probe, path, errors);
+    read_service(
+        &probe,
+        path,
+        &mut crate::config::limits::Budget::fragment(),
+        errors,
+    );
     (errors.0.len() == before).then_some(service)
 }
 
@@ -510,7 +519,9 @@ mod tests {
     #[test]
     fn service_settings_are_checked_when_configured() {
         let path = Path::of(&["source", "service"]);
-        let good = node(r#"{"name": "b", "hosts": ["b.example.com"], "path_prefix": "/api/b", "sticky": {"header": "userid"}, "cluster_template": "outbound|80|{subset}|b"}"#);
+        let good = node(
+            r#"{"name": "b", "hosts": ["b.example.com"], "path_prefix": "/api/b", "sticky": {"header": "userid"}, "cluster_template": "outbound|80|{subset}|b"}"#,
+        );
         let mut errors = ConfigErrors::default();
         let service = read_service_settings(&good, &path, &mut errors).unwrap();
         assert!(errors.is_empty());
@@ -526,7 +537,10 @@ mod tests {
         ];
         for (value, want) in cases {
             let mut errors = ConfigErrors::default();
-            assert!(read_service_settings(&node(value), &path, &mut errors).is_none(), "{value}");
+            assert!(
+                read_service_settings(&node(value), &path, &mut errors).is_none(),
+                "{value}"
+            );
             assert_eq!(errors.0[0].to_string(), want);
         }
     }

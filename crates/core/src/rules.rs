@@ -13,6 +13,10 @@ pub struct Rules {
     pub cluster_header: String,
     pub tag_header: String,
     pub trust_tag: bool,
+    /// The limits this rule set was compiled within; a fetched document is
+    /// held to them.
+    pub limits: crate::config::Limits,
+    pub allowed_clusters: Option<Vec<String>>,
     pub services: Vec<Service>,
     pub(crate) host_index: HostIndex,
     /// Some service is sticky on the source address: the plugin asks the host

@@ -90,6 +90,40 @@ fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "trust_tag", "repeats a key"),
         ("bluegreen label", service_with_subsets(r#"[{"name":"stable","cluster":"s","bluegreen":"purple"}]"#),
             "services[0].subsets[0].bluegreen", "must be \"blue\" or \"green\""),
+        // What a document may cost (`limits`).
+        ("too many services", format!(r#"{{"limits":{{"services":1}},"services":[{0},{0}]}}"#, r#"{"name":"b","default":"a","subsets":[{"name":"a","cluster":"c"}]}"#),
+            "services", "services: 2, over the limit of 1 (limits.services)"),
+        ("too many subsets", format!(r#"{{"limits":{{"subsets_per_service":1}},"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"a"}}]}}]}}"#),
+            "services[0].subsets", "subsets in this service: 2, over the limit of 1 (limits.subsets_per_service)"),
+        ("too many match entries", format!(r#"{{"limits":{{"match_entries":2}},"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"a","match":[{{"method":["GET"]}},{{"method":["PUT"]}},{{"method":["POST"]}}]}}]}}]}}"#),
+            "services[0].subsets[1].match[2]", "match entries in the document: 3, over the limit of 2 (limits.match_entries)"),
+        ("too many regexes", format!(r#"{{"limits":{{"regexes":1}},"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"a","match":[{{"cookie_regex":"a"}},{{"path":{{"regex":"b"}}}}]}}]}}]}}"#),
+            "services[0].subsets[1].match[1].path.regex", "regexes in the document: 2, over the limit of 1 (limits.regexes)"),
+        ("regex memory over budget", format!(r#"{{"limits":{{"regex_memory_bytes":1000}},"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"a","match":[{{"path":{{"regex":"^/(a|b|c)+[0-9]{{3}}$"}}}}]}}]}}]}}"#),
+            "services[0].subsets[1].match[0].path.regex", "(limits.regex_memory_bytes)"),
+        ("name too long", r#"{"limits":{"name_bytes":4},"services":[{"name":"b","default":"stable","subsets":[{"name":"stable","tag":"s","cluster":"s"}]}]}"#.into(),
+            "services[0].subsets[0].name", "bytes in this name: 6, over the limit of 4 (limits.name_bytes)"),
+        ("value too long", format!(r#"{{"limits":{{"value_bytes":3}},"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"a","match":[{{"headers":[{{"name":"x","exact":"abcd"}}]}}]}}]}}]}}"#),
+            "services[0].subsets[1].match[0].headers[0].exact", "bytes in this value: 4, over the limit of 3 (limits.value_bytes)"),
+        ("limit above its ceiling", r#"{"limits":{"services":100000000},"services":[]}"#.into(),
+            "limits.services", "must be an integer from 1 to 100000"),
+        ("unknown limit", r#"{"limits":{"servces":10},"services":[]}"#.into(),
+            "limits.servces", "unknown field; expected one of: document_bytes, match_entries, name_bytes"),
+        // Headers and values the plugin writes.
+        ("framing header as cluster header", r#"{"cluster_header":"Content-Length","services":[]}"#.into(),
+            "cluster_header", "meaning of its own"),
+        ("gateway header as tag header", r#"{"tag_header":"x-envoy-upstream-rq-timeout-ms","services":[]}"#.into(),
+            "tag_header", "belong to the gateway"),
+        ("CR LF in a tag", service_with_subsets("[{\"name\":\"stable\",\"cluster\":\"s\",\"tag\":\"a\\r\\nx-admin: 1\"}]"),
+            "services[0].subsets[0].tag", "only visible ASCII is allowed (byte 0x0d)"),
+        ("space in a cluster", service_with_subsets(r#"[{"name":"stable","cluster":"s 1"}]"#),
+            "services[0].subsets[0].cluster", "only visible ASCII is allowed (byte 0x20)"),
+        ("untagged name written as the tag", r#"{"services":[{"name":"b","default":"stable v1","subsets":[{"name":"stable v1","cluster":"s"}]}]}"#.into(),
+            "services[0].subsets[0].name", "written into a header"),
+        ("cluster outside the allow-list", format!(r#"{{"allowed_clusters":["s"],"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"evil"}}]}}]}}"#),
+            "services[0].subsets[1].cluster", "\"evil\" is not in allowed_clusters (s)"),
+        ("empty allow-list", r#"{"allowed_clusters":[],"services":[]}"#.into(),
+            "allowed_clusters", "must list at least one cluster"),
     ]
 }
 
@@ -113,7 +147,10 @@ fn all_refusals_are_reported_at_once() {
     let document = r#"{"services":[{"name":"b","default":"x","subsets":[
         {"name":"a","cluster":"a","weight":101},
         {"name":"c","cluster":"c","match":[{"headers":[{"name":"h","regex":"("}]}]}]}]}"#;
-    let paths: Vec<String> = errors_of(document).into_iter().map(|e| e.path.to_string()).collect();
+    let paths: Vec<String> = errors_of(document)
+        .into_iter()
+        .map(|e| e.path.to_string())
+        .collect();
     assert_eq!(
         paths,
         [

@@ -1,31 +1,41 @@
 //! Match entries (`subsets[].match[]`) and the string matches inside them.
 
+use super::limits::{Budget, Length};
 use super::names::check_header_name;
 use crate::json::Node;
-use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
 use crate::pattern::Pattern;
+use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
 use crate::rules::{MatchEntry, NamedMatch, StringMatch};
 
 /// The string-match kinds, exactly one of which a string match gives.
 pub const MATCH_KINDS: &[&str] = &["exact", "prefix", "suffix", "contains", "regex", "present"];
 
-pub(crate) fn read_match_entry(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<MatchEntry> {
+pub(crate) fn read_match_entry(
+    value: &Node,
+    path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<MatchEntry> {
     let mut object = Object::new(value, path, errors)?;
     let mut entry = MatchEntry {
-        headers: read_named_matches(&mut object, "headers", errors, |name| {
+        headers: read_named_matches(&mut object, "headers", budget, errors, |name| {
             check_header_name(name).map(|()| name.to_ascii_lowercase())
         }),
-        cookies: read_named_matches(&mut object, "cookies", errors, |name| Ok(name.to_string())),
-        query: read_named_matches(&mut object, "query", errors, |name| Ok(name.to_string())),
+        cookies: read_named_matches(&mut object, "cookies", budget, errors, |name| {
+            Ok(name.to_string())
+        }),
+        query: read_named_matches(&mut object, "query", budget, errors, |name| {
+            Ok(name.to_string())
+        }),
         ..MatchEntry::default()
     };
     if let Some((pattern, regex_path)) = object.non_empty_string("cookie_regex", false, errors) {
         if let Some((node, _)) = object.get("cookie_regex") {
-            entry.cookie_regex = compile_regex(&pattern, &regex_path, node, errors);
+            entry.cookie_regex = compile_regex(&pattern, &regex_path, node, budget, errors);
         }
     }
     if let Some((node, match_path)) = object.get("path") {
-        entry.path = read_string_match(node, &match_path, errors);
+        entry.path = read_string_match(node, &match_path, budget, errors);
     }
     if let Some((items, methods_path)) = object.array("method", errors) {
         for (position, item) in items.iter().enumerate() {
@@ -41,7 +51,10 @@ pub(crate) fn read_match_entry(value: &Node, path: &Path, errors: &mut ConfigErr
                 _ => errors.push(
                     &methods_path.index(position),
                     item,
-                    format!("must be an HTTP method such as \"GET\", got {}", item.to_json()),
+                    format!(
+                        "must be an HTTP method such as \"GET\", got {}",
+                        item.to_json()
+                    ),
                 ),
             }
         }
@@ -51,7 +64,10 @@ pub(crate) fn read_match_entry(value: &Node, path: &Path, errors: &mut ConfigErr
             }
         }
     }
-    let notes_only = object.members().iter().all(|member| member.key.starts_with('_'));
+    let notes_only = object
+        .members()
+        .iter()
+        .all(|member| member.key.starts_with('_'));
     if notes_only {
         errors.push(
             path,
@@ -66,6 +82,7 @@ pub(crate) fn read_match_entry(value: &Node, path: &Path, errors: &mut ConfigErr
 fn read_named_matches(
     object: &mut Object<'_>,
     field: &'static str,
+    budget: &mut Budget,
     errors: &mut ConfigErrors,
     normalise_name: impl Fn(&str) -> Result<String, String>,
 ) -> Vec<NamedMatch> {
@@ -86,7 +103,10 @@ fn read_named_matches(
         let name = match condition.get("name") {
             Some((node, name_path)) => match node.as_str() {
                 Some(name) if !name.is_empty() => match normalise_name(name) {
-                    Ok(name) => Some(name),
+                    Ok(name) if budget.string(&name, Length::Name, &name_path, node, errors) => {
+                        Some(name)
+                    }
+                    Ok(_) => None,
                     Err(reason) => {
                         errors.push(&name_path, node, reason);
                         None
@@ -102,7 +122,7 @@ fn read_named_matches(
                 None
             }
         };
-        let matcher = string_match_of(&condition, &item_path, item, &["name"], errors);
+        let matcher = string_match_of(&condition, &item_path, item, &["name"], budget, errors);
         if let (Some(name), Some(matcher)) = (name, matcher) {
             named.push(NamedMatch { name, matcher });
         }
@@ -111,7 +131,12 @@ fn read_named_matches(
 }
 
 /// Exactly one of the string-match kinds.
-pub(crate) fn read_string_match(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<StringMatch> {
+pub(crate) fn read_string_match(
+    value: &Node,
+    path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<StringMatch> {
     if value.as_object().is_none() {
         errors.push(
             path,
@@ -125,7 +150,7 @@ pub(crate) fn read_string_match(value: &Node, path: &Path, errors: &mut ConfigEr
         return None;
     }
     let object = Object::new(value, path, errors)?;
-    string_match_of(&object, path, value, &[], errors)
+    string_match_of(&object, path, value, &[], budget, errors)
 }
 
 /// The string match an object gives, beside `other_fields` (a named
@@ -135,6 +160,7 @@ fn string_match_of(
     path: &Path,
     value: &Node,
     other_fields: &[&str],
+    budget: &mut Budget,
     errors: &mut ConfigErrors,
 ) -> Option<StringMatch> {
     let mut found = None;
@@ -166,6 +192,11 @@ fn string_match_of(
                 errors.push(&field_path, node, wrong_type("true or false", node));
                 None
             }
+            (_, Some(text), _)
+                if !budget.string(text, Length::Value, &field_path, node, errors) =>
+            {
+                None
+            }
             (_, Some(text), _) => {
                 let bytes = text.as_bytes().to_vec();
                 match key {
@@ -173,7 +204,8 @@ fn string_match_of(
                     "prefix" => Some(StringMatch::Prefix(bytes)),
                     "suffix" => Some(StringMatch::Suffix(bytes)),
                     "contains" => Some(StringMatch::Contains(bytes)),
-                    _ => compile_regex(text, &field_path, node, errors).map(StringMatch::Regex),
+                    _ => compile_regex(text, &field_path, node, budget, errors)
+                        .map(StringMatch::Regex),
                 }
             }
             (_, None, _) => {
@@ -183,7 +215,11 @@ fn string_match_of(
         };
     }
     if kinds == 0 {
-        errors.push(path, value, format!("needs one of: {}", MATCH_KINDS.join(", ")));
+        errors.push(
+            path,
+            value,
+            format!("needs one of: {}", MATCH_KINDS.join(", ")),
+        );
         return None;
     }
     if kinds > 1 {
@@ -200,9 +236,21 @@ fn string_match_of(
     found
 }
 
-fn compile_regex(pattern: &str, path: &Path, node: &Node, errors: &mut ConfigErrors) -> Option<Pattern> {
+fn compile_regex(
+    pattern: &str,
+    path: &Path,
+    node: &Node,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<Pattern> {
+    if !budget.string(pattern, Length::Value, path, node, errors)
+        || !budget.may_compile_regex(path, node, errors)
+    {
+        return None;
+    }
     match Pattern::new(pattern) {
-        Ok(pattern) => Some(pattern),
+        Ok(pattern) if budget.regex_compiled(pattern.memory(), path, node, errors) => Some(pattern),
+        Ok(_) => None,
         Err(message) => {
             errors.push(path, node, Refusal::Invalid(message));
             None

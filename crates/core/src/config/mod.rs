@@ -11,7 +11,9 @@
 //! - [`subset`]: a subset: cluster, tag, weight, labels.
 //! - [`matching`]: match entries and string matches.
 //! - [`names`]: header names and host patterns.
+//! - [`limits`]: what a document may cost, and the running count.
 
+pub mod limits;
 pub mod matching;
 pub mod names;
 pub mod service;
@@ -24,7 +26,10 @@ use crate::read::{ConfigErrors, Object, Path, Refusal};
 use crate::rules::{HostIndex, Rules, Service, StickyKey};
 
 pub use crate::read::ConfigError;
-pub use names::{check_header_name, strip_port};
+pub use limits::Limits;
+pub use names::{check_header_name, check_written_header_name, strip_port};
+
+use limits::Budget;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-graylane-cluster";
 pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
@@ -33,6 +38,17 @@ pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
 /// reads these sections.
 const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode"];
 
+/// Root fields only the inline configuration may set.
+const INLINE_ONLY_FIELDS: &[&str] = &[
+    "cluster_header",
+    "tag_header",
+    "trust_tag",
+    "limits",
+    "allowed_clusters",
+    "source",
+    "apisix_mode",
+];
+
 /// The headers and trust a rule set routes with: from the inline document,
 /// and kept when a rules source replaces the services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +56,11 @@ pub struct Base {
     pub cluster_header: String,
     pub tag_header: String,
     pub trust_tag: bool,
+    /// A fetched document is held to the inline document's limits.
+    pub limits: Limits,
+    /// When given, the only clusters a subset may name, inline or fetched:
+    /// a compromised control plane cannot send traffic anywhere else.
+    pub allowed_clusters: Option<Vec<String>>,
 }
 
 impl Base {
@@ -48,6 +69,8 @@ impl Base {
             cluster_header: rules.cluster_header.clone(),
             tag_header: rules.tag_header.clone(),
             trust_tag: rules.trust_tag,
+            limits: rules.limits,
+            allowed_clusters: rules.allowed_clusters.clone(),
         }
     }
 }
@@ -55,6 +78,15 @@ impl Base {
 /// Parses and compiles a plugin configuration.
 pub fn compile(document: &[u8]) -> Result<Rules, ConfigErrors> {
     compile_node(&parse_document(document)?)
+}
+
+/// Refuses a document over `limits.document_bytes` before it is parsed.
+pub fn check_document_size(limits: &Limits, document: &[u8]) -> Result<(), ConfigErrors> {
+    limits.check_size(document.len()).map_err(|refusal| {
+        let mut errors = ConfigErrors::default();
+        errors.0.push(ConfigError::new(Path::root(), refusal));
+        errors
+    })
 }
 
 /// The document as a JSON tree, or the refusal naming the syntax error's
@@ -77,7 +109,12 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
     let Some(mut root) = Object::new(document, &root_path, &mut errors) else {
         return Err(errors);
     };
-    let cluster_header = read_header_name(&mut root, "cluster_header", DEFAULT_CLUSTER_HEADER, &mut errors);
+    let cluster_header = read_header_name(
+        &mut root,
+        "cluster_header",
+        DEFAULT_CLUSTER_HEADER,
+        &mut errors,
+    );
     let tag_header = read_header_name(&mut root, "tag_header", DEFAULT_TAG_HEADER, &mut errors);
     if cluster_header == tag_header {
         let path = root.child("tag_header");
@@ -86,16 +123,23 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
             error.offset = root.get("tag_header").map(|(node, _)| node.offset);
         }
     }
-    let trust_tag = root.bool("trust_tag", &mut errors).map_or(true, |(flag, _)| flag);
+    let trust_tag = root
+        .bool("trust_tag", &mut errors)
+        .map_or(true, |(flag, _)| flag);
+    let limits = Limits::read(&mut root, &mut errors);
+    let allowed_clusters = read_allowed_clusters(&mut root, &limits, &mut errors);
     let base = Base {
         cluster_header,
         tag_header,
         trust_tag,
+        limits,
+        allowed_clusters,
     };
     // Without a source the rules are all there is; with one, the inline
     // services only serve until the first good fetch.
     let required = !root.has("source");
-    let services = read_services(&mut root, required, &mut errors);
+    let mut budget = Budget::new(&base);
+    let services = read_services(&mut root, required, &mut budget, &mut errors);
     root.finish(EXTENSION_FIELDS, &mut errors);
     errors.into_result(build_rules(base, services))
 }
@@ -120,7 +164,7 @@ pub fn compile_fetched(base: &Base, document: &Node) -> Result<(Rules, Option<u6
             ),
         }
     }
-    for field in ["cluster_header", "tag_header", "trust_tag", "source", "apisix_mode"] {
+    for field in INLINE_ONLY_FIELDS.iter().copied() {
         root.handled(field);
         if let Some(member) = root.members().iter().find(|member| member.key == field) {
             errors.0.push(
@@ -132,7 +176,8 @@ pub fn compile_fetched(base: &Base, document: &Node) -> Result<(Rules, Option<u6
             );
         }
     }
-    let services = read_services(&mut root, true, &mut errors);
+    let mut budget = Budget::new(base);
+    let services = read_services(&mut root, true, &mut budget, &mut errors);
     root.finish(&[], &mut errors);
     errors.into_result((build_rules(base.clone(), services), version))
 }
@@ -146,20 +191,40 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
         trust_tag: base.trust_tag,
+        limits: base.limits,
+        allowed_clusters: base.allowed_clusters,
         services,
         host_index,
         needs_source_ip,
     }
 }
 
-fn read_services(root: &mut Object<'_>, required: bool, errors: &mut ConfigErrors) -> Vec<Service> {
+fn read_services(
+    root: &mut Object<'_>,
+    required: bool,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Vec<Service> {
     let mut services = Vec::new();
     match root.array("services", errors) {
         Some((items, path)) => {
+            let limit = budget.limits.services;
+            if let Some((node, _)) = root.get("services") {
+                if !budget.list(
+                    "services",
+                    "services",
+                    limit,
+                    items.len(),
+                    (&path, node),
+                    errors,
+                ) {
+                    return services;
+                }
+            }
             let mut names = BTreeSet::new();
             for (position, item) in items.iter().enumerate() {
                 let item_path = path.index(position);
-                if let Some(service) = service::read_service(item, &item_path, errors) {
+                if let Some(service) = service::read_service(item, &item_path, budget, errors) {
                     if !names.insert(service.name.clone()) {
                         let name_node = item.get("name").unwrap_or(item);
                         errors.push(
@@ -178,6 +243,35 @@ fn read_services(root: &mut Object<'_>, required: bool, errors: &mut ConfigError
     services
 }
 
+fn read_allowed_clusters(
+    root: &mut Object<'_>,
+    limits: &Limits,
+    errors: &mut ConfigErrors,
+) -> Option<Vec<String>> {
+    let (items, path) = root.array("allowed_clusters", errors)?;
+    let mut clusters = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let item_path = path.index(position);
+        match item.as_str() {
+            Some(cluster) => match names::check_header_value(cluster, limits.name_bytes) {
+                Ok(()) => clusters.push(cluster.to_string()),
+                Err(refusal) => errors.push(&item_path, item, refusal),
+            },
+            None => errors.push(&item_path, item, crate::read::wrong_type("a string", item)),
+        }
+    }
+    if items.is_empty() {
+        if let Some((node, _)) = root.get("allowed_clusters") {
+            errors.push(
+                &path,
+                node,
+                "must list at least one cluster (leave the field out to allow any)",
+            );
+        }
+    }
+    Some(clusters)
+}
+
 fn read_header_name(
     object: &mut Object<'_>,
     field: &'static str,
@@ -187,7 +281,7 @@ fn read_header_name(
     let Some((name, path)) = object.string(field, errors) else {
         return default.to_string();
     };
-    match check_header_name(&name) {
+    match check_written_header_name(&name) {
         Ok(()) => name.to_ascii_lowercase(),
         Err(reason) => {
             if let Some((node, _)) = object.get(field) {

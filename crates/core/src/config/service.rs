@@ -3,24 +3,38 @@
 
 use std::collections::BTreeSet;
 
+use super::limits::{Budget, Length};
 use super::names::{check_header_name, parse_host_pattern};
-use super::subset::{read_subset, percent};
+use super::subset::{percent, read_subset};
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
 use crate::rules::{HostPattern, Service, StickyKey, Subset};
 use crate::split::{WeightTable, BUCKETS};
 
-pub(crate) fn read_service(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Service> {
+pub(crate) fn read_service(
+    value: &Node,
+    path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<Service> {
     let mut object = Object::new(value, path, errors)?;
     let name = object
         .non_empty_string("name", true, errors)
+        .filter(|(name, name_path)| {
+            let node = value.get("name").unwrap_or(value);
+            budget.string(name, Length::Name, name_path, node, errors)
+        })
         .map(|(name, _)| name);
     let hosts = read_hosts(&mut object, errors);
     let path_prefix = match object.string("path_prefix", errors) {
         Some((prefix, _)) if prefix.starts_with('/') => prefix,
         Some((prefix, prefix_path)) => {
             if let Some((node, _)) = object.get("path_prefix") {
-                errors.push(&prefix_path, node, format!("must start with '/', got {prefix:?}"));
+                errors.push(
+                    &prefix_path,
+                    node,
+                    format!("must start with '/', got {prefix:?}"),
+                );
             }
             "/".into()
         }
@@ -40,9 +54,23 @@ pub(crate) fn read_service(value: &Node, path: &Path, errors: &mut ConfigErrors)
                 if items.is_empty() {
                     errors.push(&subsets_path, node, "must list at least one subset");
                 }
+                let limit = budget.limits.subsets_per_service;
+                let what = "subsets in this service";
+                if !budget.list(
+                    what,
+                    "subsets_per_service",
+                    limit,
+                    items.len(),
+                    (&subsets_path, node),
+                    errors,
+                ) {
+                    return None;
+                }
             }
             for (position, item) in items.iter().enumerate() {
-                if let Some(subset) = read_subset(item, &subsets_path.index(position), errors) {
+                if let Some(subset) =
+                    read_subset(item, &subsets_path.index(position), budget, errors)
+                {
                     subsets.push((position, subset, item));
                 }
             }
@@ -52,7 +80,9 @@ pub(crate) fn read_service(value: &Node, path: &Path, errors: &mut ConfigErrors)
     }
     object.finish(&[], errors);
 
-    check_unique(errors, &subsets_path, &subsets, "name", |subset| &subset.name);
+    check_unique(errors, &subsets_path, &subsets, "name", |subset| {
+        &subset.name
+    });
     check_unique(errors, &subsets_path, &subsets, "tag", |subset| &subset.tag);
 
     let (default_name, default_path) = default?;
@@ -86,7 +116,9 @@ pub(crate) fn read_service(value: &Node, path: &Path, errors: &mut ConfigErrors)
             .iter()
             .enumerate()
             .filter(|(index, (_, subset, _))| *index != default && subset.weight > 0)
-            .map(|(_, (position, subset, _))| format!("subsets[{position}] {}", percent(u64::from(subset.weight))))
+            .map(|(_, (position, subset, _))| {
+                format!("subsets[{position}] {}", percent(u64::from(subset.weight)))
+            })
             .collect();
         errors.push(
             &subsets_path,

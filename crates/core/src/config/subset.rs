@@ -1,35 +1,74 @@
 //! One entry of a service's `subsets`: its cluster, tag, weight, match
 //! entries and registry labels.
 
+use super::limits::{Budget, Length};
 use super::matching::read_match_entry;
+use super::names::check_header_value;
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path};
 use crate::rules::Subset;
 
-pub(crate) fn read_subset(value: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Subset> {
+pub(crate) fn read_subset(
+    value: &Node,
+    path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<Subset> {
     let mut object = Object::new(value, path, errors)?;
     let name = object
         .non_empty_string("name", true, errors)
-        .map(|(name, _)| name);
+        .filter(|(name, name_path)| {
+            let node = value.get("name").unwrap_or(value);
+            budget.string(name, Length::Name, name_path, node, errors)
+        });
+    // The cluster and the tag are written into request headers.
+    let name_bytes = budget.limits.name_bytes;
+    let written = |field: &str, (text, field_path): (String, Path), errors: &mut ConfigErrors| {
+        let node = value.get(field).unwrap_or(value);
+        match check_header_value(&text, name_bytes) {
+            Ok(()) => Some((text, field_path)),
+            Err(refusal) => {
+                errors.push(&field_path, node, refusal);
+                None
+            }
+        }
+    };
     let cluster = object
         .non_empty_string("cluster", true, errors)
+        .and_then(|given| written("cluster", given, errors))
+        .filter(|(cluster, cluster_path)| {
+            let node = value.get("cluster").unwrap_or(value);
+            budget.cluster(cluster, cluster_path, node, errors)
+        })
         .map(|(cluster, _)| cluster);
     let tag = object
         .non_empty_string("tag", false, errors)
+        .and_then(|given| written("tag", given, errors))
         .map(|(tag, _)| tag);
+    // Without a tag the name is the tag, and so is written too.
+    let name = match (&tag, name) {
+        (None, Some((name, name_path))) if !object.has("tag") => {
+            written("name", (name, name_path), errors)
+        }
+        (_, name) => name,
+    };
     let weight = read_weight(&mut object, errors);
     let canary = object.bool("canary", errors).map(|(flag, _)| flag);
     let bluegreen = read_bluegreen(&mut object, errors);
     let mut matches = Vec::new();
     if let Some((items, list_path)) = object.array("match", errors) {
         for (position, item) in items.iter().enumerate() {
-            if let Some(entry) = read_match_entry(item, &list_path.index(position), errors) {
+            let entry_path = list_path.index(position);
+            if !budget.match_entry(&entry_path, item, errors) {
+                break;
+            }
+            if let Some(entry) = read_match_entry(item, &entry_path, budget, errors) {
                 matches.push(entry);
             }
         }
     }
     object.finish(&[], errors);
-    let name = name?;
+    let (name, _) = name?;
     Some(Subset {
         tag: tag.unwrap_or_else(|| name.clone()),
         name,
@@ -80,7 +119,9 @@ pub(crate) fn weight_basis_points(value: &Node) -> Result<u32, crate::read::Refu
             None => wrong_type("a number of percent", value),
         });
     };
-    let shown = value.as_number().map_or_else(String::new, |n| n.to_string());
+    let shown = value
+        .as_number()
+        .map_or_else(String::new, |n| n.to_string());
     if !(0.0..=100.0).contains(&number) {
         return Err(format!("must be between 0 and 100 (percent), got {shown}").into());
     }

@@ -96,6 +96,8 @@ fn base() -> Base {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
         trust_tag: true,
+        limits: Default::default(),
+        allowed_clusters: None,
     }
 }
 
@@ -685,4 +687,45 @@ fn registry_source_settings_are_refused_with_their_paths() {
         refusal(r#"{"format":"etcd","cluster":"etcd","key":"/k","service":{"name":"u"}}"#),
         "source.service: is only for the formats \"consul\" and \"nacos\""
     );
+}
+
+#[test]
+fn an_answer_over_the_size_limit_is_refused_before_it_is_read() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut held = base();
+    held.limits.document_bytes = 4_096;
+    let mut worker = Fetcher::new(plain_config(), held, 3);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    let good = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: doc(20).into_bytes(),
+    };
+    let installed = worker
+        .on_response(&mut world.host(), token, &good)
+        .expect("rules");
+    assert_eq!(canary_weight(&installed), 2_000);
+
+    world.advance(1_200);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    // Not even JSON: had it been parsed, the refusal would say so instead.
+    let huge = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: vec![b'['; 4_097],
+    };
+    assert!(worker
+        .on_response(&mut world.host(), token, &huge)
+        .is_none());
+    let logs = world.logs.borrow();
+    assert!(
+        logs.iter().any(|(_, line)| line
+            .contains("document bytes: 4097, over the limit of 4096 (limits.document_bytes)")),
+        "{logs:?}"
+    );
+    assert_eq!(world.counter("graylane_source_rejected_total"), 1);
+    assert_eq!(world.counter("graylane_source_updates_total"), 1);
 }

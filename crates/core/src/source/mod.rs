@@ -128,6 +128,7 @@ pub use crate::config::Base;
 /// `trust_tag` come from `base`; the document may not set them. The error
 /// names fields as paths, as for the inline configuration.
 pub fn compile_fetched(base: &Base, body: &[u8]) -> Result<(Rules, Option<u64>), String> {
+    config::check_document_size(&base.limits, body).map_err(|errors| errors.to_string())?;
     let document = config::parse_document(body).map_err(|errors| errors.to_string())?;
     config::compile_fetched(base, &document).map_err(|errors| errors.to_string())
 }
@@ -141,6 +142,8 @@ mod tests {
             cluster_header: "x-c".into(),
             tag_header: "x-t".into(),
             trust_tag: false,
+            limits: Default::default(),
+            allowed_clusters: None,
         }
     }
 
@@ -184,6 +187,55 @@ mod tests {
             error.starts_with("cluster_header: comes from the plugin"),
             "{error}"
         );
+        // A rules source cannot raise its own limits or widen the clusters.
+        let error = compile_fetched(&base(), br#"{"limits":{"services":100000},"services":[]}"#)
+            .unwrap_err();
+        assert!(
+            error.starts_with("limits: comes from the plugin"),
+            "{error}"
+        );
+        let error =
+            compile_fetched(&base(), br#"{"allowed_clusters":["x"],"services":[]}"#).unwrap_err();
+        assert!(
+            error.starts_with("allowed_clusters: comes from the plugin"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn fetched_document_is_held_to_the_inline_limits_and_clusters() {
+        let mut held = base();
+        held.limits.document_bytes = 100;
+        held.limits.regexes = 1;
+        held.allowed_clusters = Some(vec!["c".into()]);
+        let service = |cluster: &str, matches: &str| {
+            format!(
+                r#"{{"services":[{{"name":"b","default":"s","subsets":[{{"name":"s","cluster":"{cluster}"{matches}}}]}}]}}"#
+            )
+        };
+        assert!(compile_fetched(&held, service("c", "").as_bytes()).is_ok());
+        let error = compile_fetched(&held, service("evil", "").as_bytes()).unwrap_err();
+        assert!(
+            error.starts_with(
+                r#"services[0].subsets[0].cluster: "evil" is not in allowed_clusters (c)"#
+            ),
+            "{error}"
+        );
+        let big = format!(r#"{{"services":[],"_pad":"{}"}}"#, "x".repeat(100));
+        let error = compile_fetched(&held, big.as_bytes()).unwrap_err();
+        assert!(
+            error.starts_with(
+                "$: document bytes: 125, over the limit of 100 (limits.document_bytes)"
+            ),
+            "{error}"
+        );
+        held.limits.document_bytes = 1000;
+        let two = service(
+            "c",
+            r#","match":[{"cookie_regex":"a"},{"cookie_regex":"b"}]"#,
+        );
+        let error = compile_fetched(&held, two.as_bytes()).unwrap_err();
+        assert!(error.contains("(limits.regexes)"), "{error}");
     }
 
     #[test]

@@ -50,7 +50,6 @@ impl fmt::Display for Failure {
     }
 }
 
-
 pub(super) enum Outcome {
     NotModified,
     Document {
@@ -64,6 +63,10 @@ pub(super) enum Outcome {
 impl Fetcher {
     /// The answer, read as the source's format says.
     pub(super) fn read_answer(&self, response: &CalloutResponse) -> Outcome {
+        // Refused before any parsing: a huge answer must not cost its parse.
+        if let Err(refusal) = self.base.limits.check_size(response.body.len()) {
+            return Outcome::Failed(Failure::Rejected(format!("the answer: {refusal}")));
+        }
         match &self.config.format {
             Format::Graylane => self.read_plain(response),
             Format::Etcd { .. } => self.read_etcd(response),
@@ -247,7 +250,6 @@ impl Fetcher {
             gauge: Some(revision),
         }
     }
-
 }
 
 /// etcd's JSON gateway writes 64-bit integers as strings.
