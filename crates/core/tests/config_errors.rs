@@ -122,6 +122,8 @@ fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "services[0].subsets[0].name", "written into a header"),
         ("cluster outside the allow-list", format!(r#"{{"allowed_clusters":["s"],"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"evil"}}]}}]}}"#),
             "services[0].subsets[1].cluster", "\"evil\" is not in allowed_clusters (s)"),
+        ("cluster outside the allowed prefixes", format!(r#"{{"allowed_clusters":["s","outbound|80|*"],"services":[{{"name":"b","default":"stable","subsets":[{stable},{{"name":"a","cluster":"outbound|80|v2|b"}},{{"name":"c","cluster":"outbound|8080|admin"}}]}}]}}"#),
+            "services[0].subsets[2].cluster", "\"outbound|8080|admin\" is not in allowed_clusters (s, outbound|80|*)"),
         ("empty allow-list", r#"{"allowed_clusters":[],"services":[]}"#.into(),
             "allowed_clusters", "must list at least one cluster"),
     ]

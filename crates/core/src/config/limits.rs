@@ -234,7 +234,8 @@ impl Budget {
 }
 
 impl Budget {
-    /// Refuses a cluster outside `allowed_clusters`, when that list is given.
+    /// Refuses a cluster outside `allowed_clusters`, when that list is given
+    /// (an entry ending in `*` allows every cluster starting with the rest).
     pub fn cluster(
         &self,
         cluster: &str,
@@ -245,7 +246,11 @@ impl Budget {
         let Some(allowed) = &self.allowed_clusters else {
             return true;
         };
-        if allowed.iter().any(|name| name == cluster) {
+        let allows = |entry: &String| match entry.strip_suffix('*') {
+            Some(prefix) => cluster.starts_with(prefix),
+            None => entry == cluster,
+        };
+        if allowed.iter().any(allows) {
             return true;
         }
         errors.push(

@@ -253,7 +253,10 @@ fn read_allowed_clusters(
     for (position, item) in items.iter().enumerate() {
         let item_path = path.index(position);
         match item.as_str() {
-            Some(cluster) => match names::check_header_value(cluster, limits.name_bytes) {
+            Some(cluster) => match names::check_header_value(
+                cluster.strip_suffix('*').unwrap_or(cluster),
+                limits.name_bytes,
+            ) {
                 Ok(()) => clusters.push(cluster.to_string()),
                 Err(refusal) => errors.push(&item_path, item, refusal),
             },

@@ -503,6 +503,35 @@ fn request_path_refresh_for_hosts_without_ticks() {
 }
 
 #[test]
+fn a_refresh_abandoned_with_its_request_is_retried_by_the_next_request() {
+    let world = World::default();
+    world.now.set(1_000);
+    let mut worker = Fetcher::new(plain_config(), base(), 3);
+    // Clients that hang up while their request waits for the refresh.
+    for hang_up in 0..5 {
+        assert!(worker.on_request(&mut world.host()), "attempt {hang_up} dispatches at once");
+        let (token, _) = world.last_call();
+        world.advance(10);
+        worker.abandon(&mut world.host(), token);
+        assert_eq!(worker.state(), &FetchState::Idle);
+    }
+    // An answer to an abandoned token changes nothing.
+    let (stale, _) = world.last_call();
+    let reply = CalloutResponse {
+        status: Some(200),
+        headers: vec![],
+        body: doc(5).into_bytes(),
+    };
+    assert!(worker.on_response(&mut world.host(), stale, &reply).is_none());
+    assert!(worker.on_request(&mut world.host()));
+    let (token, _) = world.last_call();
+    // Abandoning another token leaves the fetch in flight.
+    worker.abandon(&mut world.host(), token + 1);
+    assert!(worker.on_response(&mut world.host(), token, &reply).is_some());
+    assert_eq!(world.counter("graylane_source_failures_total"), 0, "a hang-up is no failure");
+}
+
+#[test]
 fn a_fresh_worker_adopts_the_stored_document() {
     let world = World::default();
     world.now.set(1_000);

@@ -272,6 +272,35 @@ impl Fetcher {
         }
     }
 
+    /// The request that carried the callout ended before its answer came (a
+    /// host without ticks, APISIX, cancels the callout with it). The lease
+    /// is handed back due now and without a failure counted, so the next
+    /// request fetches at once: clients hanging up cannot stall a refresh.
+    pub fn abandon(&mut self, host: &mut impl Host, token: u32) {
+        match self.state {
+            FetchState::InFlight { token: waiting, .. } if waiting == token => {}
+            _ => return,
+        }
+        self.state = FetchState::Idle;
+        self.not_before = 0;
+        let now = host.now_ms();
+        for _ in 0..4 {
+            let Ok(Some((bytes, cas))) = host.get(&self.keys.lease) else {
+                return;
+            };
+            let mut lease = Lease::parse(&bytes).unwrap_or_default();
+            if lease.holder != self.worker {
+                return;
+            }
+            lease.holder = 0;
+            lease.next_at = now;
+            match host.set(&self.keys.lease, lease.encode().as_bytes(), cas) {
+                Err(StoreError::CasMismatch) => continue,
+                _ => return,
+            }
+        }
+    }
+
     /// The answer to a callout. Answers to tokens this worker is not
     /// waiting for are ignored.
     pub fn on_response(
