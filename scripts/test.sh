@@ -55,6 +55,10 @@ cargo clippy -q -p graylane -p graylane-core --target wasm32-wasip1 -- -D warnin
 step "tests without gateways: the core, the command, the plugin glue (plain cargo test)"
 cargo test
 
+step "randomized campaign at CI scale: generated documents, fetched answers and requests (release, seeded)"
+GRAYLANE_CAMPAIGN=${GRAYLANE_CAMPAIGN:-10000000} \
+  cargo test -p graylane-core --release --test campaign -- --nocapture
+
 step "the core as WebAssembly (release profile, as shipped), under node"
 cargo test -p graylane-core --release --target wasm32-unknown-unknown --test wasm_decision
 

@@ -2,75 +2,11 @@
 //! never chooses its own cluster, an untrusted tag never survives, the cluster
 //! set is always one the rules name, and nothing panics on any bytes.
 
-// Indexing with a random position taken modulo the length.
-#![allow(clippy::indexing_slicing)]
-
+mod random;
 mod table;
 
-use graylane_core::decision::{decide, HeaderEdit};
-use graylane_core::request::Request;
 use graylane_core::split::WeylSequence;
-
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
-    }
-
-    fn bytes(&mut self, alphabet: &[u8], max: u64) -> Vec<u8> {
-        (0..self.next() % (max + 1))
-            .map(|_| *self.pick(alphabet))
-            .collect()
-    }
-}
-
-const NAMES: &[&[u8]] = &[
-    b":authority",
-    b":path",
-    b":method",
-    b"host",
-    b"cookie",
-    b"Cookie",
-    b"userid",
-    b"x-gray-tag",
-    b"X-Gray-Tag",
-    b"x-graylane-cluster",
-    b"X-GRAYLANE-CLUSTER",
-    b"x-route-to",
-    b"x-lane",
-    b"x-k",
-    b"x-flag",
-    b"x-tester",
-    b"\xff\x00",
-];
-const VALUES: &[&[u8]] = &[
-    b"b.example.com",
-    b"api.example.com:80",
-    b"x.b.example.com",
-    b"/api/b?canary=true&canary",
-    b"/v2/items/1",
-    b"email=a@some-company-name.com; beta=1",
-    b"beta",
-    b"canary",
-    b"stable",
-    b"123",
-    b"bservice-canary",
-    b"",
-    b"%zz%",
-    b";;==;",
-    b"\xff\xfe\x00",
-    b"GET",
-    b"post",
-];
-const NOISE: &[u8] = b"ab=;%&?/:.[]\xff\x00 19+-*";
+use random::{decide_and_check, Random};
 
 #[test]
 fn no_request_escapes_the_invariants() {
@@ -84,79 +20,8 @@ fn no_request_escapes_the_invariants() {
     let mut routed = 0;
     for _ in 0..50_000 {
         let rules = random.pick(&rules);
-        let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..random.next() % 9)
-            .map(|_| {
-                let name = if random.next() % 8 == 0 {
-                    random.bytes(NOISE, 6)
-                } else {
-                    random.pick(NAMES).to_vec()
-                };
-                let value = if random.next() % 4 == 0 {
-                    random.bytes(NOISE, 24)
-                } else {
-                    random.pick(VALUES).to_vec()
-                };
-                (name, value)
-            })
-            .collect();
-        let pairs: Vec<(&[u8], &[u8])> = owned
-            .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
-            .collect();
-        let source_ip = random.bytes(NOISE, 4);
-        let request = Request::new(&pairs).with_source_ip(Some(&source_ip));
-        let decision = decide(rules, &request, &mut sequence);
-
-        let carries = |name: &str| {
-            pairs
-                .iter()
-                .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        };
-        let removes = |name: &str| decision.edits.contains(&HeaderEdit::Remove(name));
-        let sets: Vec<(&str, &str)> = decision
-            .edits
-            .iter()
-            .filter_map(|e| match e {
-                HeaderEdit::Set(n, v) => Some((*n, *v)),
-                HeaderEdit::Remove(_) => None,
-            })
-            .collect();
-
-        // The client's cluster header is always removed before anything is set.
-        assert_eq!(
-            carries(&rules.cluster_header),
-            removes(&rules.cluster_header),
-            "{pairs:?}"
-        );
-        if let Some(first_set) = decision
-            .edits
-            .iter()
-            .position(|e| matches!(e, HeaderEdit::Set(..)))
-        {
-            assert!(decision.edits[first_set..]
-                .iter()
-                .all(|e| matches!(e, HeaderEdit::Set(..))));
-        }
-        // An untrusted tag never survives.
-        if !rules.trust_tag {
-            assert_eq!(
-                carries(&rules.tag_header),
-                removes(&rules.tag_header),
-                "{pairs:?}"
-            );
-        }
-        // The cluster set, if any, belongs to the chosen service and subset.
-        match (decision.service(rules), decision.subset) {
-            (Some(service), Some(subset)) => {
-                let subset = &service.subsets[subset];
-                assert_eq!(
-                    sets.first(),
-                    Some(&(rules.cluster_header.as_str(), subset.cluster.as_str()))
-                );
-                assert_eq!(decision.cluster, Some(subset.cluster.as_str()));
-                routed += 1;
-            }
-            _ => assert!(sets.is_empty() && decision.cluster.is_none()),
+        if decide_and_check(rules, &mut random, &mut sequence) {
+            routed += 1;
         }
     }
     assert!(
