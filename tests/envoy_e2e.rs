@@ -784,7 +784,35 @@ fn a_refused_configuration_stops_envoy_and_names_the_field() {
         ]
     }]})
     .to_string();
+    let subsets = |canary: Value| {
+        json!({"services": [{"name": "b", "default": "stable",
+            "subsets": [{"name": "stable", "cluster": "b-stable"}, canary]}]})
+    };
+    // About 1,200 regexes of ~600 KB compiled each: before the budget, this
+    // 66 KB document exhausted the VM's memory and Envoy died unnamed.
+    let regex_bomb = subsets(json!({"name": "canary", "cluster": "b-canary",
+        "match": (0..1_200).map(|n| json!({"headers": [{"name": "x-user", "regex": format!("\\w{{20}}@c{n}")}]}))
+            .collect::<Vec<_>>()}))
+    .to_string();
+    let mut smuggling_header = subsets(json!({"name": "canary", "cluster": "b-canary", "tag": "0"}));
+    smuggling_header["tag_header"] = json!("content-length");
+    let crlf_tag = subsets(json!({"name": "canary", "cluster": "b-canary", "tag": "a\r\nx-admin: 1"}));
     let cases = [
+        (
+            "regex-bomb",
+            regex_bomb,
+            "graylane: configuration refused: services[0].subsets[1].match[",
+        ),
+        (
+            "content-length-tag",
+            smuggling_header.to_string(),
+            "graylane: configuration refused: tag_header: \"content-length\" is a header with a meaning of its own",
+        ),
+        (
+            "crlf-tag",
+            crlf_tag.to_string(),
+            "graylane: configuration refused: services[0].subsets[1].tag: ",
+        ),
         (
             "weight",
             weight_over_100,
@@ -822,6 +850,12 @@ fn a_refused_configuration_stops_envoy_and_names_the_field() {
                     assert!(
                         exited.log.contains(expected),
                         "{label}: the log does not name the field ({expected}):\n{}",
+                        exited.log
+                    );
+                    assert!(
+                        *label != "regex-bomb"
+                            || exited.log.contains("(limits.regex_memory_bytes)"),
+                        "{label}: the log does not name the limit:\n{}",
                         exited.log
                     );
                     assert!(

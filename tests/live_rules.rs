@@ -329,6 +329,17 @@ fn bluegreen(live: &str, other: &str, weight: f64) -> Value {
     }]})
 }
 
+/// Blue-green with `count` match entries of a regex that compiles to about
+/// 600 KB each: a 60 KB document that would ask for 700 MB.
+fn regex_bomb(count: usize) -> Value {
+    let mut document = bluegreen("green", "blue", 0.0);
+    let entries: Vec<Value> = (0..count)
+        .map(|n| json!({"headers": [{"name": "x-user", "regex": format!("\\w{{20}}@c{n}")}]}))
+        .collect();
+    document["services"][0]["subsets"][1]["match"] = Value::Array(entries);
+    document
+}
+
 /// A gateway whose inline rules send everything to blue, with `source`, and
 /// the `control` cluster pointing at the control plane.
 fn live_gateway(label: &str, source: Value, control: SocketAddr) -> Gateway {
@@ -606,7 +617,13 @@ fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
     let source = json!({"cluster": "control", "path": "/rules", "interval_ms": interval,
                         "timeout_ms": 200, "max_backoff_ms": 900,
                         "headers": {"authorization": "Bearer test"}});
-    let gateway = live_gateway("live-faults", source, server.addr);
+    // The inline rules confine every document to the two colours.
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = source;
+    document["allowed_clusters"] = json!(["b-blue", "b-green"]);
+    let gateway = Gateway::start_with("live-faults", &document, |config| {
+        config.cluster("control", server.addr)
+    });
     wait_for_version(&gateway, 1, "b-green");
     hold(
         &gateway,
@@ -643,6 +660,38 @@ fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
             "rules source failing",
         ),
         ("hangup", Serve::Hangup, "rules source failing"),
+        // Hostile documents: each within JSON and the contract, each refused
+        // by a limit before it costs the running rules anything.
+        (
+            "regex-bomb",
+            Serve::Good {
+                document: regex_bomb(1_200).to_string(),
+                etag: "\"bomb\"".into(),
+            },
+            "(limits.regex_memory_bytes)",
+        ),
+        (
+            "huge",
+            Serve::Good {
+                document: format!(
+                    r#"{{"_pad":"{}",{}"#,
+                    "x".repeat(1_200_000),
+                    bluegreen("blue", "green", 0.0).to_string().trim_start_matches('{')
+                ),
+                etag: "\"huge\"".into(),
+            },
+            "(limits.document_bytes)",
+        ),
+        (
+            "foreign-cluster",
+            Serve::Good {
+                document: json!({"services": [{"name": "b", "hosts": [HOST], "default": "admin",
+                    "subsets": [{"name": "admin", "cluster": "admin-backend"}]}]})
+                .to_string(),
+                etag: "\"admin\"".into(),
+            },
+            r#""admin-backend" is not in allowed_clusters"#,
+        ),
     ] {
         let failures = stat("graylane_source_failures_total");
         server.set(serve);

@@ -15,10 +15,10 @@ use regex_automata::util::syntax;
 /// Largest compiled form of one regex (its Thompson NFA).
 pub const MAX_COMPILED_BYTES: usize = 1 << 20;
 
-/// Cache of the lazy DFA, per regex: a few hundred states, plenty for rule
+/// Cache of the lazy DFA, per regex: a hundred states or so, plenty for rule
 /// patterns (the contract's e-mail cookie regex uses about 6 KB). A pattern
 /// that needs more falls back to a slower engine, still in linear time.
-pub const CACHE_BYTES: usize = 64 << 10;
+pub const CACHE_BYTES: usize = 16 << 10;
 
 /// A compiled regex and the pattern it came from.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ impl Default for Limits {
             subsets_per_service: 64,
             match_entries: 10_000,
             regexes: 1_000,
-            regex_memory_bytes: 64 << 20,
+            regex_memory_bytes: 32 << 20,
             name_bytes: 256,
             value_bytes: 4_096,
         }
