@@ -956,3 +956,79 @@ fn consul_service_meta_drives_a_blue_green_switch() {
     );
     gateway.envoy.assert_no_wasm_errors();
 }
+
+/// The soak (not run in CI: `scripts/soak.sh`, 30 minutes by default):
+/// steady traffic on every worker while the rules source changes the weight
+/// every few seconds and, one change in four, fails (500, garbage, a refused
+/// document, a hang-up, a slow answer). No request may fail; Envoy's RSS is
+/// printed every minute and may not grow by more than 32 MiB from the
+/// second minute (after warm-up) to the last.
+#[test]
+#[ignore = "a 30-minute soak: run with scripts/soak.sh"]
+fn soak_under_rule_changes_and_faults() {
+    let minutes: u64 = std::env::var("GRAYLANE_SOAK_MINUTES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(30);
+    let server = RulesServer::start(Serve::Good {
+        document: bluegreen("blue", "green", 0.0).to_string(),
+        etag: "\"w0\"".into(),
+    });
+    let source = json!({"cluster": "control", "path": "/rules", "interval_ms": 500,
+                        "timeout_ms": 300, "max_backoff_ms": 2000});
+    let gateway = live_gateway("soak", source, server.addr);
+    wait_for_version(&gateway, 1, "b-blue");
+    let mut workers = gateway.envoy.worker_clients(&probe());
+    let started = Instant::now();
+    let (mut sent, mut failed, mut changes) = (0u64, 0u64, 0u64);
+    let mut rss = Vec::new();
+    let mut next_change = Instant::now();
+    let mut next_minute = Instant::now();
+    while started.elapsed() < Duration::from_secs(minutes * 60) {
+        if Instant::now() >= next_change {
+            changes += 1;
+            let weight = (changes * 7 % 101) as f64;
+            server.set(match changes % 8 {
+                1 => Serve::Status(500),
+                3 => Serve::Garbage,
+                5 => Serve::Invalid,
+                7 if changes % 16 == 7 => Serve::Hangup,
+                7 => Serve::Slow {
+                    delay: Duration::from_millis(600),
+                    document: bluegreen("blue", "green", weight).to_string(),
+                },
+                _ => Serve::Good {
+                    document: bluegreen("blue", "green", weight).to_string(),
+                    etag: format!("\"w{changes}\""),
+                },
+            });
+            next_change += Duration::from_secs(3);
+        }
+        if Instant::now() >= next_minute {
+            let kib = gateway.envoy.rss_kib().unwrap_or(0);
+            eprintln!(
+                "soak: minute {:>2}: RSS {:>7.1} MiB, {sent} requests, {failed} failed, {changes} rule changes",
+                rss.len(),
+                kib as f64 / 1024.0
+            );
+            rss.push(kib);
+            next_minute += Duration::from_secs(60);
+        }
+        for worker in 0..WORKERS {
+            sent += 1;
+            match workers.try_send(worker, &request_b()) {
+                Ok(response) if response.status == 200 => {}
+                _ => failed += 1,
+            }
+        }
+    }
+    eprintln!("soak: {minutes} min, {sent} requests, {failed} failed, {changes} rule changes");
+    assert_eq!(failed, 0, "requests failed during the soak");
+    gateway.envoy.assert_no_wasm_errors();
+    if let (Some(warm), Some(last)) = (rss.get(1), rss.last()) {
+        assert!(
+            *last <= warm + 32 * 1024,
+            "RSS grew from {warm} KiB to {last} KiB"
+        );
+    }
+}
