@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod explain;
 pub mod yaml;
 pub mod request;
+pub mod schema;
 pub mod simulate;
 
 use std::ffi::OsString;
@@ -46,6 +47,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the JSON Schema of the rule document (for editors; `graylane check` is the authority)
+    #[command(
+        long_about = "Print a JSON Schema (draft 2020-12) of the plugin's document, for editors completing and \
+            checking graylane.json or WasmPlugin.pluginConfig. The repository publishes it as \
+            schema/graylane.schema.json. What a schema cannot say (a default naming a subset of its service, \
+            weights summing to at most 100, repeated names, regexes that compile, the limits) only \
+            `graylane check` refuses."
+    )]
+    Schema,
     /// Validate a rule document; print every refusal as FILE:LINE:COLUMN: PATH: REASON
     #[command(
         long_about = "Validate a rule document as the plugin would when configured.\n\n\
@@ -259,6 +269,7 @@ where
         } => explain(&file, &request, json),
         Command::Simulate(args) => simulate(&args),
         Command::Envoy(args) => envoy(&args),
+        Command::Schema => Ok(schema::document_schema_text()),
     };
     match outcome {
         Ok(output) => {

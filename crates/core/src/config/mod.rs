@@ -36,7 +36,8 @@ pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
 
 /// What a document may carry besides the rules themselves: [`crate::source`]
 /// reads these sections.
-const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode"];
+/// `$schema` lets an editor find `graylane schema`'s output; it is ignored.
+const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode", "$schema"];
 
 /// Root fields only the inline configuration may set.
 const INLINE_ONLY_FIELDS: &[&str] = &[
@@ -178,7 +179,7 @@ pub fn compile_fetched(base: &Base, document: &Node) -> Result<(Rules, Option<u6
     }
     let mut budget = Budget::new(base);
     let services = read_services(&mut root, true, &mut budget, &mut errors);
-    root.finish(&[], &mut errors);
+    root.finish(&["$schema"], &mut errors);
     errors.into_result((build_rules(base.clone(), services), version))
 }
 
