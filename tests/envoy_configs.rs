@@ -267,6 +267,26 @@ fn envoy_configs_pass_envoy_validate() {
 }
 
 #[test]
+fn a_configuration_with_fallbacks_passes_envoy_validate() {
+    let wasm = wasm_path().to_str().unwrap();
+    let run = graylane(&[
+        "envoy",
+        "filters/examples/two-services.yaml",
+        "--wasm",
+        wasm,
+        "--fallback-to-default",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = &run.stdout;
+    assert!(text.contains("--fallback-to-default"), "the header records the flag");
+    assert!(text.contains("envoy.clusters.aggregate"), "{text}");
+    assert!(text.contains("~endpoints"), "{text}");
+    assert!(text.contains("retry_on: connect-failure,refused-stream"), "{text}");
+    let (ok, log) = validate("generated-fallbacks", text);
+    assert!(ok, "envoy refused the config:\n{log}");
+}
+
+#[test]
 fn envoy_validate_refuses_what_it_should() {
     // The check above can fail: a missing plugin file is refused...
     let run = graylane(&[

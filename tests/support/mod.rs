@@ -435,6 +435,9 @@ pub struct EnvoyConfig {
     pub guard_cluster_header: bool,
     /// A label for the scratch directory and log file names.
     pub label: String,
+    /// Subset clusters falling back to a default cluster (`graylane envoy
+    /// --fallback-to-default`).
+    pub fallbacks: Vec<graylane_cli::envoy::Fallback>,
 }
 
 impl EnvoyConfig {
@@ -454,6 +457,7 @@ impl EnvoyConfig {
             wasm: wasm_path().to_path_buf(),
             guard_cluster_header: false,
             label: label.to_string(),
+            fallbacks: Vec::new(),
         }
     }
 
@@ -475,6 +479,7 @@ impl EnvoyConfig {
         bootstrap.fallback_cluster = self.fallback_cluster.clone();
         bootstrap.failure_policy = self.failure_policy.clone();
         bootstrap.guard_cluster_header = self.guard_cluster_header;
+        bootstrap.fallbacks = self.fallbacks.clone();
         bootstrap.clusters = self
             .clusters
             .iter()

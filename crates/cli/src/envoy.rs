@@ -90,6 +90,26 @@ pub struct Bootstrap {
     pub guard_cluster_header: bool,
     /// `X-Forwarded-For` hops before this gateway that are trusted.
     pub trusted_hops: u32,
+    /// Subset clusters that fall back to their service's default cluster
+    /// while none of their endpoints can take a request.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// A subset cluster and the default cluster its traffic goes to while the
+/// subset is down. The cluster the plugin names becomes an aggregate of the
+/// subset's own endpoints (`<cluster>~endpoints`, with outlier detection
+/// that ejects an endpoint on its first connection failure) and then the
+/// default cluster; the route retries connection failures, so the retry
+/// finds the ejected endpoint gone and spills to the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub cluster: String,
+    pub default: String,
+}
+
+/// The name the subset's own endpoints take when its cluster falls back.
+pub fn endpoints_cluster_name(cluster: &str) -> String {
+    format!("{cluster}~endpoints")
 }
 
 impl Bootstrap {
@@ -107,7 +127,55 @@ impl Bootstrap {
             failure_policy: "FAIL_RELOAD".to_string(),
             guard_cluster_header: true,
             trusted_hops: 0,
+            fallbacks: Vec::new(),
         }
+    }
+
+    /// Every cluster of the configuration: the plain ones, and for a subset
+    /// that falls back, its endpoints and the aggregate the plugin names.
+    fn cluster_values(&self) -> Vec<Value> {
+        let mut values = Vec::new();
+        for plain in &self.clusters {
+            let Some(fallback) = self.fallbacks.iter().find(|f| f.cluster == plain.name) else {
+                values.push(cluster(plain));
+                continue;
+            };
+            let endpoints_name = endpoints_cluster_name(&plain.name);
+            let mut endpoints = cluster(&Cluster {
+                name: endpoints_name.clone(),
+                ..plain.clone()
+            });
+            if let Some(object) = endpoints.as_object_mut() {
+                object.insert(
+                    "outlier_detection".into(),
+                    json!({
+                        "split_external_local_origin_errors": true,
+                        "consecutive_local_origin_failure": 1,
+                        "enforcing_consecutive_local_origin_failure": 100,
+                        "consecutive_gateway_failure": 3,
+                        "enforcing_consecutive_gateway_failure": 100,
+                        "interval": "1s",
+                        "base_ejection_time": "2s",
+                        "max_ejection_time": "10s",
+                        "max_ejection_percent": 100
+                    }),
+                );
+            }
+            values.push(endpoints);
+            values.push(json!({
+                "name": plain.name,
+                "connect_timeout": "1s",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "cluster_type": {
+                    "name": "envoy.clusters.aggregate",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                        "clusters": [endpoints_name, fallback.default]
+                    }
+                }
+            }));
+        }
+        values
     }
 
     /// The configuration as a JSON value (Envoy reads JSON as well as YAML).
@@ -165,7 +233,7 @@ impl Bootstrap {
                             {
                                 "name": "graylane-chosen-cluster",
                                 "match": {"prefix": "/", "headers": [{"name": header, "present_match": true}]},
-                                "route": {"cluster_header": header}
+                                "route": chosen_route(header, !self.fallbacks.is_empty())
                             },
                             {
                                 "name": "graylane-fallback",
@@ -191,7 +259,7 @@ impl Bootstrap {
                     "address": socket_address(&self.listen.ip().to_string(), self.listen.port()),
                     "filter_chains": [{"filters": [manager]}]
                 }],
-                "clusters": self.clusters.iter().map(cluster).collect::<Vec<_>>()
+                "clusters": self.cluster_values()
             },
             "stats_config": {"stats_tags": stats_tags()}
         });
@@ -265,10 +333,38 @@ const COMMENTS: &[(&str, &str)] = &[
          which would forward requests unrouted, with the client's own header.",
     ),
     (
+        "cluster_type:",
+        "Falls back to the service's default cluster while every endpoint of the\n\
+         subset is ejected; with several endpoints, traffic spills over in part as\n\
+         they go (Envoy's priority levels, overprovisioning factor 1.4).",
+    ),
+    (
+        "outlier_detection:",
+        "An endpoint is ejected on its first connection failure and tried again\n\
+         after 2 s (longer each time it fails again, at most 10 s).",
+    ),
+    (
         "stats_config:",
         "graylane_requests_total.service.<s>.subset.<x> as labels for Prometheus.",
     ),
 ];
+
+/// The route to the cluster the plugin chose; with fallbacks, connection
+/// failures are retried (the request was never sent, so even a POST is safe
+/// to retry), which is what carries a request over to the default subset.
+fn chosen_route(header: &str, fallbacks: bool) -> Value {
+    if !fallbacks {
+        return json!({"cluster_header": header});
+    }
+    json!({
+        "cluster_header": header,
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream",
+            "num_retries": 2,
+            "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"}
+        }
+    })
+}
 
 fn socket_address(address: &str, port: u16) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})

@@ -225,6 +225,10 @@ struct EnvoyArgs {
     /// Proxies of yours in front of this gateway whose X-Forwarded-For is trusted
     #[arg(long, default_value_t = 0)]
     trusted_hops: u32,
+    /// While every endpoint of a non-default subset is down, send its requests to the service's default
+    /// cluster (an aggregate cluster per subset, outlier detection, retries of connection failures)
+    #[arg(long)]
+    fallback_to_default: bool,
 }
 
 /// Runs the command with these arguments (the first is the program name) and
@@ -495,6 +499,9 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     bootstrap.fallback_cluster = args.fallback_cluster.clone();
     bootstrap.failure_policy = args.failure_policy.clone();
     bootstrap.trusted_hops = args.trusted_hops;
+    if args.fallback_to_default {
+        bootstrap.fallbacks = fallbacks(&document.rules).map_err(usage)?;
+    }
     let mut stub_port = args.stub_port_base;
     for name in names {
         let mut given: Vec<envoy::Endpoint> = endpoints
@@ -559,7 +566,41 @@ fn envoy_command_line(args: &EnvoyArgs, wasm: &str) -> String {
     if args.trusted_hops != 0 {
         line.push_str(&format!(" --trusted-hops {}", args.trusted_hops));
     }
+    if args.fallback_to_default {
+        line.push_str(" --fallback-to-default");
+    }
     line
+}
+
+/// Each non-default subset cluster and the default cluster of its service;
+/// a cluster that two services would send to different defaults cannot
+/// fall back to both.
+fn fallbacks(rules: &graylane_core::rules::Rules) -> Result<Vec<envoy::Fallback>, String> {
+    let mut fallbacks: Vec<envoy::Fallback> = Vec::new();
+    for service in &rules.services {
+        let Some(default) = service.subsets.get(service.default) else {
+            continue;
+        };
+        for subset in &service.subsets {
+            if subset.cluster == default.cluster {
+                continue;
+            }
+            match fallbacks.iter().find(|f| f.cluster == subset.cluster) {
+                Some(known) if known.default != default.cluster => {
+                    return Err(format!(
+                        "--fallback-to-default: cluster {} would fall back to both {} and {}",
+                        subset.cluster, known.default, default.cluster
+                    ))
+                }
+                Some(_) => {}
+                None => fallbacks.push(envoy::Fallback {
+                    cluster: subset.cluster.clone(),
+                    default: default.cluster.clone(),
+                }),
+            }
+        }
+    }
+    Ok(fallbacks)
 }
 
 /// Every cluster the configuration needs: those the rules name, the rules
