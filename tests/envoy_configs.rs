@@ -287,6 +287,21 @@ fn a_configuration_with_fallbacks_passes_envoy_validate() {
 }
 
 #[test]
+fn a_configuration_that_mirrors_passes_envoy_validate() {
+    let wasm = wasm_path().to_str().unwrap();
+    let run = graylane(&["envoy", "filters/examples/mirror.json", "--wasm", wasm]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = &run.stdout;
+    assert!(text.contains("cluster_header: x-graylane-mirror"), "{text}");
+    assert!(text.contains("- remove: x-graylane-mirror"), "the guard covers the mirror header: {text}");
+    let (ok, log) = validate("generated-mirror", text);
+    assert!(ok, "envoy refused the config:\n{log}");
+    // Rules that do not mirror get no mirror policy.
+    let plain = graylane(&["envoy", "filters/examples/canary.json", "--wasm", wasm]);
+    assert!(!plain.stdout.contains("request_mirror_policies"));
+}
+
+#[test]
 fn envoy_validate_refuses_what_it_should() {
     // The check above can fail: a missing plugin file is refused...
     let run = graylane(&[

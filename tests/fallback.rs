@@ -1,4 +1,4 @@
-//! Fallback when a subset is down (`graylane envoy --fallback-to-default`):
+//! Release safety. Fallback when a subset is down (`graylane envoy --fallback-to-default`):
 //! the canary's only backend is killed under steady traffic, and the
 //! canary's share goes to the default subset instead of failing; when the
 //! backend returns, the canary takes its share again.
@@ -138,4 +138,48 @@ fn a_dead_canary_falls_back_to_the_default_and_returns() {
     let share = after.get("b-canary").copied().unwrap_or(0);
     assert!((120..=280).contains(&share), "the canary's share again: {after:?}");
     assert!(gateway.envoy.stat("cluster.b-canary~endpoints.outlier_detection.ejections_enforced_total") >= 1);
+}
+
+/// Mirroring (`subsets[].mirror`): the shadow subset receives a copy of the
+/// share of requests the others serve; the client's answer always comes from
+/// the chosen subset; POST is not copied by default; a client's own mirror
+/// header is never obeyed.
+#[test]
+fn a_mirror_subset_receives_copies_and_never_answers() {
+    let document = json!({"services": [{
+        "name": "b", "default": "stable",
+        "subsets": [
+            {"name": "stable", "cluster": "b-stable"},
+            {"name": "shadow", "cluster": "b-shadow", "mirror": {"percent": 25}}
+        ]
+    }]});
+    let admin = EchoBackend::start("admin");
+    let admin_addr = admin.addr();
+    let gateway = Gateway::start_with("mirror", &document, |config| config.cluster("admin", admin_addr));
+    let mut client = gateway.client();
+    for _ in 0..400 {
+        let response = client.send(&Request::get("/"));
+        assert_eq!(response.backend(), "b-stable", "the client is answered by the chosen subset");
+    }
+    for _ in 0..100 {
+        let response = client.send(&Request::new("POST", "/"));
+        assert_eq!(response.backend(), "b-stable");
+    }
+    for _ in 0..100 {
+        let response = client.send(&Request::get("/").header("x-graylane-mirror", "admin"));
+        assert_eq!(response.backend(), "b-stable");
+    }
+    // Copies are sent asynchronously: give the last ones a moment.
+    let shadow = &gateway.backends["b-shadow"];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shadow.requests() < 124 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(200));
+    // 25% of the 500 GETs, within one request: the worker's golden-ratio
+    // sequence, not a coin toss; and no POST (which would push it past 130).
+    let copies = shadow.requests();
+    assert!((124..=126).contains(&copies), "the shadow's share of the GETs, and no POST: {copies}");
+    assert_eq!(admin.requests(), 0, "a client-sent mirror header went somewhere");
+    gateway.envoy.assert_no_wasm_errors();
 }

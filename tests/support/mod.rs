@@ -480,6 +480,16 @@ impl EnvoyConfig {
         bootstrap.failure_policy = self.failure_policy.clone();
         bootstrap.guard_cluster_header = self.guard_cluster_header;
         bootstrap.fallbacks = self.fallbacks.clone();
+        // As `graylane envoy` does: a mirror policy only for rules that mirror.
+        bootstrap.mirror_header = serde_json::from_str::<Value>(&self.plugin_json)
+            .ok()
+            .filter(|document| document.to_string().contains("\"mirror\""))
+            .map(|document| {
+                document["mirror_header"]
+                    .as_str()
+                    .unwrap_or("x-graylane-mirror")
+                    .to_string()
+            });
         bootstrap.clusters = self
             .clusters
             .iter()

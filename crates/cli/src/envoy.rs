@@ -93,6 +93,9 @@ pub struct Bootstrap {
     /// Subset clusters that fall back to their service's default cluster
     /// while none of their endpoints can take a request.
     pub fallbacks: Vec<Fallback>,
+    /// The rules mirror (`subsets[].mirror`): the header the plugin names the
+    /// copy's cluster in. Guarded like the cluster header.
+    pub mirror_header: Option<String>,
 }
 
 /// A subset cluster and the default cluster its traffic goes to while the
@@ -128,6 +131,7 @@ impl Bootstrap {
             guard_cluster_header: true,
             trusted_hops: 0,
             fallbacks: Vec::new(),
+            mirror_header: None,
         }
     }
 
@@ -182,11 +186,15 @@ impl Bootstrap {
     pub fn to_value(&self) -> Value {
         let header = self.cluster_header.as_str();
         let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
+            let mutations: Vec<Value> = std::iter::once(header)
+                .chain(self.mirror_header.as_deref())
+                .map(|name| json!({"remove": name}))
+                .collect();
             vec![json!({
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": header}]
+                    "mutations": mutations
                 }
             })]
         } else {
@@ -233,7 +241,7 @@ impl Bootstrap {
                             {
                                 "name": "graylane-chosen-cluster",
                                 "match": {"prefix": "/", "headers": [{"name": header, "present_match": true}]},
-                                "route": chosen_route(header, !self.fallbacks.is_empty())
+                                "route": chosen_route(header, !self.fallbacks.is_empty(), self.mirror_header.as_deref())
                             },
                             {
                                 "name": "graylane-fallback",
@@ -333,6 +341,12 @@ const COMMENTS: &[(&str, &str)] = &[
          which would forward requests unrouted, with the client's own header.",
     ),
     (
+        "request_mirror_policies:",
+        "A copy of the request goes to the cluster the plugin names in the mirror\n\
+         header (subsets[].mirror); its answer is dropped, the client gets the\n\
+         chosen cluster's.",
+    ),
+    (
         "cluster_type:",
         "Falls back to the service's default cluster while every endpoint of the\n\
          subset is ejected; with several endpoints, traffic spills over in part as\n\
@@ -352,18 +366,29 @@ const COMMENTS: &[(&str, &str)] = &[
 /// The route to the cluster the plugin chose; with fallbacks, connection
 /// failures are retried (the request was never sent, so even a POST is safe
 /// to retry), which is what carries a request over to the default subset.
-fn chosen_route(header: &str, fallbacks: bool) -> Value {
-    if !fallbacks {
-        return json!({"cluster_header": header});
+fn chosen_route(header: &str, fallbacks: bool, mirror_header: Option<&str>) -> Value {
+    let mut route = json!({"cluster_header": header});
+    let Some(object) = route.as_object_mut() else {
+        return route;
+    };
+    if fallbacks {
+        object.insert(
+            "retry_policy".into(),
+            json!({
+                "retry_on": "connect-failure,refused-stream",
+                "num_retries": 2,
+                "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"}
+            }),
+        );
     }
-    json!({
-        "cluster_header": header,
-        "retry_policy": {
-            "retry_on": "connect-failure,refused-stream",
-            "num_retries": 2,
-            "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"}
-        }
-    })
+    if let Some(mirror) = mirror_header {
+        // A request without the header (not in the share) is not copied.
+        object.insert(
+            "request_mirror_policies".into(),
+            json!([{"cluster_header": mirror}]),
+        );
+    }
+    route
 }
 
 fn socket_address(address: &str, port: u16) -> Value {

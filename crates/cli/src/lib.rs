@@ -502,6 +502,9 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if args.fallback_to_default {
         bootstrap.fallbacks = fallbacks(&document.rules).map_err(usage)?;
     }
+    if document.rules.services.iter().any(|service| service.mirror.is_some()) {
+        bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
+    }
     let mut stub_port = args.stub_port_base;
     for name in names {
         let mut given: Vec<envoy::Endpoint> = endpoints

@@ -14,7 +14,7 @@
 use graylane_core::config::limits::Limits;
 use graylane_core::config::matching::MATCH_KINDS;
 use graylane_core::config::names::{RESERVED_HEADERS, RESERVED_PREFIXES};
-use graylane_core::config::{DEFAULT_CLUSTER_HEADER, DEFAULT_TAG_HEADER};
+use graylane_core::config::{DEFAULT_CLUSTER_HEADER, DEFAULT_MIRROR_HEADER, DEFAULT_TAG_HEADER};
 use graylane_core::source::settings as source;
 use serde_json::{json, Map, Value};
 
@@ -150,6 +150,16 @@ fn subset() -> Value {
             "canary": {"type": "boolean", "description": "registry label, informational"},
             "bluegreen": {"type": "string", "pattern": "^([Bb][Ll][Uu][Ee]|[Gg][Rr][Ee][Ee][Nn])$",
                 "description": "registry label, informational"},
+            "mirror": closed(
+                "this subset receives a copy of a share of the requests the service's other subsets serve",
+                json!({
+                    "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "methods": {"type": "array", "minItems": 1,
+                        "items": {"type": "string", "pattern": "^[A-Za-z]+$"},
+                        "description": "the methods copied; default GET and HEAD"},
+                }),
+                &["percent"],
+            ),
         }),
         &["name", "cluster"],
     )
@@ -250,6 +260,7 @@ pub fn document_schema() -> Value {
         json!({
             "cluster_header": written_header_name("request header the chosen cluster is written into", DEFAULT_CLUSTER_HEADER),
             "tag_header": written_header_name("the gray tag header, read and written", DEFAULT_TAG_HEADER),
+            "mirror_header": written_header_name("request header naming the cluster a copy goes to", DEFAULT_MIRROR_HEADER),
             "trust_tag": {"type": "boolean", "default": true,
                 "description": "honour an incoming tag; false strips it"},
             "services": {"type": "array", "items": service()},

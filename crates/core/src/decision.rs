@@ -4,7 +4,7 @@
 //! tool calls the very same function.
 
 use crate::request::Request;
-use crate::rules::{MatchEntry, Rules, Service, StickyKey, StringMatch};
+use crate::rules::{MatchEntry, MirrorTo, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
 
 /// The outcome for one request.
@@ -106,6 +106,10 @@ pub fn decide_traced<'r>(
     if request.has_header(&rules.cluster_header) {
         edits.push(HeaderEdit::Remove(rules.cluster_header.as_str()));
     }
+    // Nor where a copy of the request goes.
+    if request.has_header(&rules.mirror_header) {
+        edits.push(HeaderEdit::Remove(rules.mirror_header.as_str()));
+    }
     let mut incoming_tags = request.header_values(&rules.tag_header);
     let mut incoming_tag = incoming_tags.next();
     let single_incoming_tag = incoming_tags.next().is_none();
@@ -150,6 +154,11 @@ pub fn decide_traced<'r>(
             ));
         }
     }
+    if let Some(mirror) = &service.mirror {
+        if let Some(target) = mirror_target(service, mirror, subset_index, request, sequence) {
+            edits.push(HeaderEdit::Set(rules.mirror_header.as_str(), target));
+        }
+    }
     Decision {
         service: Some(service_index),
         subset: Some(subset_index),
@@ -157,6 +166,29 @@ pub fn decide_traced<'r>(
         cluster,
         edits,
     }
+}
+
+/// The mirror subset's cluster when this request is one of the share it
+/// copies: served by another subset, of a method it copies, and drawn from
+/// the worker's sequence (an exact share over consecutive requests).
+fn mirror_target<'r>(
+    service: &'r Service,
+    mirror: &MirrorTo,
+    served_by: usize,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+) -> Option<&'r str> {
+    if served_by == mirror.subset || mirror.share == 0 {
+        return None;
+    }
+    let method = request.method().unwrap_or_default();
+    if !mirror.methods.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(method)) {
+        return None;
+    }
+    if sequence.next_bucket() >= mirror.share {
+        return None;
+    }
+    service.subsets.get(mirror.subset).map(|subset| subset.cluster.as_str())
 }
 
 fn choose_subset(

@@ -12,6 +12,9 @@ pub struct Rules {
     /// Lower-case, as Envoy presents header names to the plugin.
     pub cluster_header: String,
     pub tag_header: String,
+    /// The header naming the cluster a copy of the request goes to
+    /// (Envoy's `request_mirror_policies` reads it).
+    pub mirror_header: String,
     pub trust_tag: bool,
     /// The limits this rule set was compiled within; a fetched document is
     /// held to them.
@@ -34,6 +37,20 @@ pub struct Service {
     pub sticky: Option<StickyKey>,
     pub subsets: Vec<Subset>,
     pub(crate) weights: WeightTable,
+    /// The subset that receives copies of the others' requests, if any.
+    pub mirror: Option<MirrorTo>,
+}
+
+/// A subset receiving a copy of a share of the requests the service's
+/// other subsets serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTo {
+    /// Index into the service's subsets.
+    pub subset: usize,
+    /// Basis points of the eligible requests.
+    pub share: u32,
+    /// Upper-case; only requests of these methods are copied.
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -46,6 +63,8 @@ pub struct Subset {
     pub matches: Vec<MatchEntry>,
     pub canary: Option<bool>,
     pub bluegreen: Option<String>,
+    /// `mirror`: (share in basis points, methods), as written on the subset.
+    pub mirror: Option<(u32, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -366,6 +366,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
     let base = Base {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
+        mirror_header: "x-graylane-mirror".into(),
         trust_tag: false,
         limits,
         allowed_clusters: Some(vec!["b-stable".into(), "b-canary".into(), "outbound|80|*".into()]),
@@ -404,7 +405,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
 #[test]
 fn generated_requests_keep_the_decision_invariants() {
     let total = count();
-    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS];
+    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR];
     let rules: Vec<_> = documents
         .iter()
         .filter_map(|document| compile(document.as_bytes()).ok())

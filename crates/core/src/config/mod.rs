@@ -33,6 +33,7 @@ use limits::Budget;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-graylane-cluster";
 pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
+pub const DEFAULT_MIRROR_HEADER: &str = "x-graylane-mirror";
 
 /// What a document may carry besides the rules themselves: [`crate::source`]
 /// reads these sections.
@@ -43,6 +44,7 @@ const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode", "$schema"];
 const INLINE_ONLY_FIELDS: &[&str] = &[
     "cluster_header",
     "tag_header",
+    "mirror_header",
     "trust_tag",
     "limits",
     "allowed_clusters",
@@ -56,6 +58,7 @@ const INLINE_ONLY_FIELDS: &[&str] = &[
 pub struct Base {
     pub cluster_header: String,
     pub tag_header: String,
+    pub mirror_header: String,
     pub trust_tag: bool,
     /// A fetched document is held to the inline document's limits.
     pub limits: Limits,
@@ -69,6 +72,7 @@ impl Base {
         Base {
             cluster_header: rules.cluster_header.clone(),
             tag_header: rules.tag_header.clone(),
+            mirror_header: rules.mirror_header.clone(),
             trust_tag: rules.trust_tag,
             limits: rules.limits,
             allowed_clusters: rules.allowed_clusters.clone(),
@@ -117,6 +121,14 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         &mut errors,
     );
     let tag_header = read_header_name(&mut root, "tag_header", DEFAULT_TAG_HEADER, &mut errors);
+    let mirror_header = read_header_name(&mut root, "mirror_header", DEFAULT_MIRROR_HEADER, &mut errors);
+    if mirror_header == cluster_header || mirror_header == tag_header {
+        let path = root.child("mirror_header");
+        errors.push_unplaced(&path, "must differ from cluster_header and tag_header");
+        if let Some(error) = errors.0.last_mut() {
+            error.offset = root.get("mirror_header").map(|(node, _)| node.offset);
+        }
+    }
     if cluster_header == tag_header {
         let path = root.child("tag_header");
         errors.push_unplaced(&path, "must differ from cluster_header");
@@ -132,6 +144,7 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
     let base = Base {
         cluster_header,
         tag_header,
+        mirror_header,
         trust_tag,
         limits,
         allowed_clusters,
@@ -191,6 +204,7 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
     Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
+        mirror_header: base.mirror_header,
         trust_tag: base.trust_tag,
         limits: base.limits,
         allowed_clusters: base.allowed_clusters,

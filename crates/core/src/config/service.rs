@@ -8,7 +8,7 @@ use super::names::{check_header_name, parse_host_pattern};
 use super::subset::{percent, read_subset};
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
-use crate::rules::{HostPattern, Service, StickyKey, Subset};
+use crate::rules::{HostPattern, MirrorTo, Service, StickyKey, Subset};
 use crate::split::{WeightTable, BUCKETS};
 
 pub(crate) fn read_service(
@@ -131,6 +131,8 @@ pub(crate) fn read_service(
         );
     }
 
+    let mirror = read_mirror_subset(&subsets, default, &subsets_path, errors);
+
     Some(Service {
         name: name?,
         hosts,
@@ -139,6 +141,45 @@ pub(crate) fn read_service(
         sticky,
         weights: WeightTable::new(&weighted),
         subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
+        mirror,
+    })
+}
+
+/// At most one subset of a service receives copies (the gateway mirrors to
+/// the one cluster its header names), and not the default, which serves the
+/// requests it would copy.
+fn read_mirror_subset(
+    subsets: &[(usize, Subset, &Node)],
+    default: usize,
+    subsets_path: &Path,
+    errors: &mut ConfigErrors,
+) -> Option<MirrorTo> {
+    let mut mirrors = subsets
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (position, subset, node))| Some((index, *position, subset.mirror.as_ref()?, *node)));
+    let (index, position, (share, methods), node) = mirrors.next()?;
+    for (_, other, _, other_node) in mirrors {
+        let at = other_node.get("mirror").unwrap_or(other_node);
+        errors.push(
+            &subsets_path.index(other).key("mirror"),
+            at,
+            format!("a second mirror in this service (subsets[{position}] has one); the gateway copies to one cluster"),
+        );
+    }
+    if index == default {
+        let at = node.get("mirror").unwrap_or(node);
+        errors.push(
+            &subsets_path.index(position).key("mirror"),
+            at,
+            "the default subset serves what it would copy; put the mirror on another subset",
+        );
+        return None;
+    }
+    Some(MirrorTo {
+        subset: index,
+        share: *share,
+        methods: methods.clone(),
     })
 }
 

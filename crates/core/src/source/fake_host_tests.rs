@@ -95,6 +95,7 @@ fn base() -> Base {
     Base {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
+        mirror_header: "x-graylane-mirror".into(),
         trust_tag: true,
         limits: Default::default(),
         allowed_clusters: None,

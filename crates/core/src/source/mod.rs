@@ -141,6 +141,7 @@ mod tests {
         Base {
             cluster_header: "x-c".into(),
             tag_header: "x-t".into(),
+            mirror_header: "x-graylane-mirror".into(),
             trust_tag: false,
             limits: Default::default(),
             allowed_clusters: None,

@@ -42,6 +42,7 @@ pub const NAMES: &[&[u8]] = &[
     b"X-Gray-Tag",
     b"x-graylane-cluster",
     b"X-GRAYLANE-CLUSTER",
+    b"x-graylane-mirror",
     b"x-route-to",
     b"x-lane",
     b"x-k",
@@ -121,6 +122,12 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
     assert_eq!(
         carries(&rules.cluster_header),
         removes(&rules.cluster_header),
+        "{pairs:?}"
+    );
+    // Nor where a copy goes.
+    assert_eq!(
+        carries(&rules.mirror_header),
+        removes(&rules.mirror_header),
         "{pairs:?}"
     );
     if let Some(first_set) = decision

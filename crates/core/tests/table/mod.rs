@@ -102,6 +102,22 @@ pub const WEIGHTS: &str = r#"{
   ]
 }"#;
 
+/// Mirroring: `shadow` receives a copy of every GET and HEAD the service's
+/// other subsets serve (100% keeps the table deterministic).
+pub const MIRROR: &str = r#"{
+  "services": [
+    { "name": "m", "hosts": ["mirror.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "m-stable" },
+        { "name": "canary", "cluster": "m-canary", "match": [ { "headers": [ { "name": "x-canary", "present": true } ] } ] },
+        { "name": "shadow", "cluster": "m-shadow", "mirror": { "percent": 100 } } ] },
+    { "name": "posts", "hosts": ["posts.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "p-stable" },
+        { "name": "shadow", "cluster": "p-shadow", "mirror": { "percent": 100, "methods": ["POST"] } } ] }
+  ]
+}"#;
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -705,6 +721,48 @@ pub const CASES: &[Case] = &[
         &[(b":authority", b"all.example.com"), GET, (b":path", b"/")],
         Some("new"),
         &["x-graylane-cluster=new", "x-gray-tag=new"],
+    ),
+    case(
+        "mirror: a GET the default serves is copied to the shadow",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), GET, (b":path", b"/")],
+        Some("m-stable"),
+        &["x-graylane-cluster=m-stable", "x-graylane-mirror=m-shadow"],
+    ),
+    case(
+        "mirror: a matched canary request is copied too, tagged as the canary",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1")],
+        Some("m-canary"),
+        &["x-graylane-cluster=m-canary", "x-gray-tag=canary", "x-graylane-mirror=m-shadow"],
+    ),
+    case(
+        "mirror: POST is not a safe method, not copied by default",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), (b":method", b"POST"), (b":path", b"/")],
+        Some("m-stable"),
+        &["x-graylane-cluster=m-stable"],
+    ),
+    case(
+        "mirror: methods given: only those",
+        MIRROR,
+        &[(b":authority", b"posts.example.com"), (b":method", b"post"), (b":path", b"/")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable", "x-graylane-mirror=p-shadow"],
+    ),
+    case(
+        "mirror: the client's mirror header is never obeyed",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), (b":method", b"POST"), (b":path", b"/"), (b"x-graylane-mirror", b"admin")],
+        Some("m-stable"),
+        &["-x-graylane-mirror", "x-graylane-cluster=m-stable"],
+    ),
+    case(
+        "mirror: nor on a request no service claims",
+        MIRROR,
+        &[(b":authority", b"elsewhere.example.com"), GET, (b":path", b"/"), (b"X-Graylane-Mirror", b"admin")],
+        None,
+        &["-x-graylane-mirror"],
     ),
     case(
         "weight 0 takes nothing",
