@@ -221,6 +221,9 @@ fn explain(
         OciDistributionError::UnauthorizedError { .. }
         | OciDistributionError::AuthenticationFailure(_) => true,
         OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        OciDistributionError::RequestError(error) => error
+            .status()
+            .is_some_and(|status| status.as_u16() == 401 || status.as_u16() == 403),
         OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
             matches!(
                 e.code,
@@ -277,31 +280,18 @@ mod tests {
     #[test]
     fn a_reference_pinning_another_digest_is_refused_before_any_connection() {
         let image = Image::from_wasm(b"\0asm\x01\0\0\0", "x.wasm").unwrap();
+        let options = PushOptions {
+            credentials: Credentials::DockerConfig,
+            monolithic: false,
+            plain_http: false,
+        };
         let other = format!("127.0.0.1:9/graylane@sha256:{}", "a".repeat(64));
-        let error = push(
-            &image,
-            &other,
-            &PushOptions {
-                credentials: Credentials::DockerConfig,
-                monolithic: false,
-                plain_http: false,
-            },
-        )
-        .unwrap_err();
+        let error = push(&image, &other, &options).unwrap_err();
         assert!(
             error.0.contains("the reference pins sha256:aaaa"),
             "{error}"
         );
-        let bad = push(
-            &image,
-            "Not A Reference",
-            &PushOptions {
-                credentials: Credentials::DockerConfig,
-                monolithic: false,
-                plain_http: false,
-            },
-        )
-        .unwrap_err();
+        let bad = push(&image, "Not A Reference", &options).unwrap_err();
         assert!(
             bad.0.starts_with("Not A Reference: not an image reference"),
             "{bad}"
