@@ -3,7 +3,8 @@
 # `cargo test` at the root (the core, the command and the plugin glue, which
 # need no gateway); the core compiled to WebAssembly under node; then the
 # tests with real gateways, control planes and a registry (Envoy, etcd,
-# APISIX's wasm host, docker-registry). Safe to run
+# APISIX's wasm host, docker-registry); last, the release bundle
+# (scripts/dist.sh --check). Safe to run
 # again: each install step is skipped when done.
 #
 # Tools go to .tools/ in the repository (Envoy in .tools/venv, the
@@ -67,3 +68,6 @@ cargo test -p graylane-core --release --target wasm32-unknown-unknown --test was
 
 step "gateways, control planes and a registry: Envoy, etcd, APISIX's wasm host, docker-registry (package graylane-e2e in tests/)"
 cargo test -p graylane-e2e
+
+step "release bundle: scripts/dist.sh --check (the plugin, the command, the OCI image layout, SHA256SUMS)"
+scripts/dist.sh --check

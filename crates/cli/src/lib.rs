@@ -33,7 +33,7 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "graylane",
-    version,
+    version = graylane_core::VERSION,
     about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them",
     long_about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them.\n\n\
         Rule documents are the plugin's JSON document, or the same in YAML (by extension, .json / .yaml / .yml, \

@@ -196,8 +196,8 @@ async fn push_async(
     if basic_challenge(&probe, if plain { "http" } else { "https" }, &registry).await == Some(true)
     {
         notes.push(format!(
-            "{registry} asks for HTTP Basic authentication: Envoy Gateway can pull from it, but Istio 1.27.8+, \
-             1.28.5+, 1.29.1+ and 1.30+ cannot (they pull only from token-auth or anonymous registries)"
+            "{registry} asks for HTTP Basic authentication: Istio 1.27.8+, 1.28.5+, 1.29.1+ and 1.30+ cannot \
+             pull from it (they pull only from token-auth or anonymous registries)"
         ));
     }
     Ok(Pushed {
