@@ -2,7 +2,14 @@
 # Builds a release bundle into dist/graylane-<version>/ (the version is what
 # `graylane --version` prints: the workspace's, Cargo.toml):
 #
-#   plugin.wasm    the plugin, optimised: cargo build --release --target wasm32-wasip1 -p graylane
+#   plugin.wasm    the plugin, optimised: # The .wasm would otherwise hold this machine's paths (Cargo's registry
+# under $CARGO_HOME, the checkout) in panic locations, so two machines would
+# build different plugins, hence different image digests, from one commit
+# and one toolchain. Remapped, in a target directory of its own so that
+# other builds of the plugin keep their cache.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$PWD=/graylane" \
+    cargo build --release --target wasm32-wasip1 -p graylane --target-dir target/dist
 #   graylane       the command for this machine: cargo build --release -p graylane-cli --features bin
 #   image/         the plugin as an OCI image layout: graylane image build --wasm plugin.wasm -o image
 #   image.digest   the image's manifest digest, sha256:<hex> (WasmPlugin / Envoy Gateway `sha256`: the hex)
@@ -22,7 +29,14 @@ case "${1:-}" in
 esac
 
 rustup target add wasm32-wasip1 >/dev/null 2>&1 || true
-cargo build --release --target wasm32-wasip1 -p graylane
+# The .wasm would otherwise hold this machine's paths (Cargo's registry
+# under $CARGO_HOME, the checkout) in panic locations, so two machines would
+# build different plugins, hence different image digests, from one commit
+# and one toolchain. Remapped, in a target directory of its own so that
+# other builds of the plugin keep their cache.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$PWD=/graylane" \
+    cargo build --release --target wasm32-wasip1 -p graylane --target-dir target/dist
 cargo build --release -p graylane-cli --features bin
 
 command=target/release/graylane
@@ -34,7 +48,7 @@ fi
 out=dist/graylane-$version
 rm -rf "$out"
 mkdir -p "$out"
-install -m 0644 target/wasm32-wasip1/release/graylane.wasm "$out/plugin.wasm"
+install -m 0644 target/dist/wasm32-wasip1/release/graylane.wasm "$out/plugin.wasm"
 cp "$command" "$out/graylane"
 "$out/graylane" image build --wasm "$out/plugin.wasm" -o "$out/image" --tag "$version" > "$out/image.digest"
 (

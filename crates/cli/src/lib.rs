@@ -649,15 +649,21 @@ fn image_command(command: ImageCommand, stderr: &mut dyn Write) -> Result<String
         code: EXIT_INVALID,
         message: format!("graylane: {error}"),
     };
+    // An unreadable file is a usage error (2); a file that is no .wasm, a
+    // layout that cannot be written or a push that fails, 1.
+    let load = |path: &Path| {
+        let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: cannot read: {e}", path.display())))?;
+        image::Image::from_wasm(&bytes, &path.display().to_string()).map_err(failed)
+    };
     match command {
         ImageCommand::Build { wasm, output, tag } => {
-            let image = image::Image::from_file(&wasm).map_err(failed)?;
+            let image = load(&wasm)?;
             let tag = tag.unwrap_or_else(|| graylane_core::VERSION.to_string());
             image.write_layout(&output, &tag).map_err(failed)?;
             Ok(format!("{}\n", image.digest()))
         }
         ImageCommand::Digest { wasm } => {
-            let image = image::Image::from_file(&wasm).map_err(failed)?;
+            let image = load(&wasm)?;
             Ok(format!("{}\n", image.digest()))
         }
         ImageCommand::Push {
@@ -668,7 +674,7 @@ fn image_command(command: ImageCommand, stderr: &mut dyn Write) -> Result<String
             monolithic,
             plain_http,
         } => {
-            let image = image::Image::from_file(&wasm).map_err(failed)?;
+            let image = load(&wasm)?;
             let credentials = match (username, password) {
                 (Some(username), Some(password)) => image::Credentials::Given { username, password },
                 _ => image::Credentials::DockerConfig,
