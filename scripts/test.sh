@@ -28,10 +28,10 @@ if ! command -v etcd >/dev/null; then
 fi
 etcd --version | head -1
 
-step "Debian packages: docker-registry (graylane image push against a real registry)"
-if ! command -v docker-registry >/dev/null; then
+step "Debian packages: docker-registry, openssl (graylane image push against real registries)"
+if ! command -v docker-registry >/dev/null || ! command -v openssl >/dev/null; then
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker-registry >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker-registry openssl >/dev/null
 fi
 docker-registry --version
 
