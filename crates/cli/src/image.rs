@@ -15,8 +15,8 @@
 //! keys in a fixed order. The manifest digest is what Istio's and Envoy
 //! Gateway's `sha256` fields take (its hex) and what `@sha256:` names.
 //!
-//! [`Image::write_layout`] writes an OCI image layout directory; [`push`]
-//! (module `push`) sends the image to a registry.
+//! [`Image::write_layout`] writes an OCI image layout directory; [`push()`]
+//! sends the image to a registry.
 
 use std::io::Write;
 use std::path::Path;
