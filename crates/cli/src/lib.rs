@@ -10,6 +10,8 @@
 pub mod document;
 pub mod envoy;
 pub mod explain;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod yaml;
 pub mod request;
 pub mod schema;
@@ -32,7 +34,7 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "graylane",
-    version,
+    version = graylane_core::VERSION,
     about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them",
     long_about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them.\n\n\
         Rule documents are the plugin's JSON document, or the same in YAML (by extension, .json / .yaml / .yml, \
@@ -108,6 +110,74 @@ enum Command {
             Check it with: envoy --mode validate -c envoy.yaml (this loads the plugin and configures it)."
     )]
     Envoy(EnvoyArgs),
+    /// The plugin as an OCI image for Istio and Envoy Gateway: build a layout, print the digest, push
+    #[cfg(feature = "image")]
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `graylane image …`.
+#[cfg(feature = "image")]
+#[derive(Debug, Subcommand)]
+#[command(
+    long_about = "The plugin's .wasm as the OCI image Istio (WasmPlugin url: oci://…) and Envoy Gateway \
+        (code.type: Image) pull: one image manifest whose only layer is a gzipped tar \
+        (application/vnd.oci.image.layer.v1.tar+gzip) holding plugin.wasm.\n\n\
+        The image is reproducible: the same .wasm gives the same manifest digest on every machine. Its hex is \
+        the sha256 that WasmPlugin and Envoy Gateway's code.image take."
+)]
+enum ImageCommand {
+    /// Write the image as an OCI image layout directory
+    Build {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+        /// The layout directory (created; an index.json there is replaced)
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// The tag recorded in index.json [default: graylane's version]
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Print the image's manifest digest (sha256:<hex>) without writing or pushing anything
+    Digest {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+    },
+    /// Push the image to a registry and print its manifest digest (sha256:<hex>)
+    #[command(
+        long_about = "Push the image to a registry (OCI distribution API) and print its manifest digest, \
+            sha256:<hex>, on standard output; notes go to standard error.\n\n\
+            Credentials: --username and --password, else Docker's config.json ($DOCKER_CONFIG or ~/.docker: \
+            auths and credential helpers), else none. Token and HTTP Basic authentication both work for the push; \
+            note that Istio 1.27.8+, 1.28.5+, 1.29.1+ and 1.30+ cannot pull from a registry that asks for HTTP \
+            Basic authentication.\n\n\
+            Plain HTTP for a registry on loopback (localhost, 127.0.0.0/8, [::1]) or with --plain-http; HTTPS \
+            otherwise.\n\n\
+            Example: graylane image push --wasm target/wasm32-wasip1/release/graylane.wasm \
+            registry.example.com/graylane/graylane:0.1.0"
+    )]
+    Push {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+        /// Where: REGISTRY/REPOSITORY[:TAG] (no tag: latest)
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Registry user name (with --password)
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// Registry password or token (with --username)
+        #[arg(long, requires = "username")]
+        password: Option<String>,
+        /// Upload each blob in one PUT instead of chunks
+        #[arg(long)]
+        monolithic: bool,
+        /// Plain HTTP even though the registry is not on loopback
+        #[arg(long)]
+        plain_http: bool,
+    },
 }
 
 /// A request described by flags.
@@ -274,6 +344,8 @@ where
         Command::Simulate(args) => simulate(&args),
         Command::Envoy(args) => envoy(&args),
         Command::Schema => Ok(schema::document_schema_text()),
+        #[cfg(feature = "image")]
+        Command::Image(command) => image_command(command, stderr),
     };
     match outcome {
         Ok(output) => {
@@ -624,4 +696,60 @@ fn envoy_cluster_names(document: &Document, fallback: &str) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(feature = "image")]
+fn image_command(command: ImageCommand, stderr: &mut dyn Write) -> Result<String, Failure> {
+    let failed = |error: image::ImageError| Failure {
+        code: EXIT_INVALID,
+        message: format!("graylane: {error}"),
+    };
+    // An unreadable file is a usage error (2); a file that is no .wasm, a
+    // layout that cannot be written or a push that fails, 1.
+    let load = |path: &Path| {
+        let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: cannot read: {e}", path.display())))?;
+        image::Image::from_wasm(&bytes, &path.display().to_string()).map_err(failed)
+    };
+    match command {
+        ImageCommand::Build { wasm, output, tag } => {
+            let image = load(&wasm)?;
+            let tag = tag.unwrap_or_else(|| graylane_core::VERSION.to_string());
+            image.write_layout(&output, &tag).map_err(failed)?;
+            Ok(format!("{}\n", image.digest()))
+        }
+        ImageCommand::Digest { wasm } => {
+            let image = load(&wasm)?;
+            Ok(format!("{}\n", image.digest()))
+        }
+        ImageCommand::Push {
+            wasm,
+            reference,
+            username,
+            password,
+            monolithic,
+            plain_http,
+        } => {
+            let image = load(&wasm)?;
+            let credentials = match (username, password) {
+                (Some(username), Some(password)) => image::Credentials::Given { username, password },
+                _ => image::Credentials::DockerConfig,
+            };
+            let options = image::PushOptions {
+                credentials,
+                monolithic,
+                plain_http,
+            };
+            let pushed = image::push(&image, &reference, &options).map_err(failed)?;
+            for note in &pushed.notes {
+                let _ = writeln!(stderr, "graylane: note: {note}");
+            }
+            let _ = writeln!(
+                stderr,
+                "graylane: pushed {reference} ({} of 2 blobs sent, {} ms)",
+                pushed.blobs_sent,
+                pushed.elapsed.as_millis()
+            );
+            Ok(format!("{}\n", pushed.digest))
+        }
+    }
 }

@@ -26,3 +26,8 @@ pub mod request;
 pub mod rules;
 pub mod source;
 pub mod split;
+
+/// graylane's version, the workspace's (`Cargo.toml`): what `graylane
+/// --version` prints, what the plugin should log once when configured and
+/// show in [`metrics::build_info_name`], and the version of a release bundle.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
