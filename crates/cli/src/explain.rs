@@ -81,6 +81,7 @@ fn describe_edits(edits: &[HeaderEdit<'_>]) -> Vec<String> {
         .map(|edit| match edit {
             HeaderEdit::Remove(name) => format!("remove {name}"),
             HeaderEdit::Set(name, value) => format!("set {name}: {value}"),
+            HeaderEdit::SetOwned(name, value) => format!("set {name}: {value}"),
         })
         .collect()
 }

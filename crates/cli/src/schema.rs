@@ -261,6 +261,8 @@ pub fn document_schema() -> Value {
             "cluster_header": written_header_name("request header the chosen cluster is written into", DEFAULT_CLUSTER_HEADER),
             "tag_header": written_header_name("the gray tag header, read and written", DEFAULT_TAG_HEADER),
             "mirror_header": written_header_name("request header naming the cluster a copy goes to", DEFAULT_MIRROR_HEADER),
+            "tag_baggage_key": {"type": "string", "pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+                "description": "also read and write the lane as this W3C Baggage member (baggage: lane=canary)"},
             "trust_tag": {"type": "boolean", "default": true,
                 "description": "honour an incoming tag; false strips it"},
             "services": {"type": "array", "items": service()},

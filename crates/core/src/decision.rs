@@ -27,7 +27,29 @@ pub struct Decision<'r> {
 pub enum HeaderEdit<'r> {
     Remove(&'r str),
     Set(&'r str, &'r str),
+    /// A value made for this request (the `baggage` header with its lane
+    /// member rewritten); only rules with `tag_baggage_key` make one.
+    SetOwned(&'r str, String),
 }
+
+impl HeaderEdit<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderEdit::Remove(name) | HeaderEdit::Set(name, _) | HeaderEdit::SetOwned(name, _) => name,
+        }
+    }
+
+    /// The value set, if this edit sets one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            HeaderEdit::Remove(_) => None,
+            HeaderEdit::Set(_, value) => Some(value),
+            HeaderEdit::SetOwned(_, value) => Some(value),
+        }
+    }
+}
+
+const BAGGAGE: &str = "baggage";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -120,6 +142,20 @@ pub fn decide_traced<'r>(
         edits.push(HeaderEdit::Remove(rules.tag_header.as_str()));
         incoming_tag = None;
     }
+    // The lane as a baggage member: read only when the rules ask for it, and
+    // honoured only where tags are trusted and no tag header gave one.
+    let baggage_lane = rules
+        .tag_baggage_key
+        .as_deref()
+        .and_then(|key| crate::baggage::member(request.header_values(BAGGAGE), key));
+    let lane_from_baggage = baggage_lane.as_deref().filter(|_| rules.trust_tag);
+    // A lane from baggage is not on the tag header yet: write it there too.
+    let single_incoming_tag = if incoming_tag.is_none() && lane_from_baggage.is_some() {
+        incoming_tag = lane_from_baggage;
+        false
+    } else {
+        single_incoming_tag
+    };
 
     let host = request.host();
     let found = rules.host_index.find(
@@ -129,6 +165,7 @@ pub fn decide_traced<'r>(
     );
     let Some((service_index, service)) = found.and_then(|i| rules.services.get(i).map(|s| (i, s)))
     else {
+        push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), None);
         return Decision {
             service: None,
             subset: None,
@@ -154,6 +191,12 @@ pub fn decide_traced<'r>(
             ));
         }
     }
+    let written_lane = service
+        .subsets
+        .get(subset_index)
+        .filter(|_| subset_index != service.default)
+        .map(|subset| subset.tag.as_str());
+    push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), written_lane);
     if let Some(mirror) = &service.mirror {
         if let Some(target) = mirror_target(service, mirror, subset_index, request, sequence) {
             edits.push(HeaderEdit::Set(rules.mirror_header.as_str(), target));
@@ -165,6 +208,39 @@ pub fn decide_traced<'r>(
         reason,
         cluster,
         edits,
+    }
+}
+
+/// The `baggage` header's edit, if any: the lane member set to the lane a
+/// non-default subset writes, or, at an edge that does not trust tags,
+/// removed; every other member kept. A removal goes with the others, before
+/// any header is set.
+fn push_baggage_edit<'r>(
+    edits: &mut Vec<HeaderEdit<'r>>,
+    rules: &'r Rules,
+    request: &Request<'_>,
+    baggage_lane: Option<&[u8]>,
+    written_lane: Option<&'r str>,
+) {
+    let Some(key) = rules.tag_baggage_key.as_deref() else {
+        return;
+    };
+    let unchanged = match written_lane {
+        Some(lane) => baggage_lane == Some(lane.as_bytes()),
+        None => rules.trust_tag || baggage_lane.is_none(),
+    };
+    if unchanged {
+        return;
+    }
+    match crate::baggage::rewrite(request.header_values(BAGGAGE), key, written_lane) {
+        Some(value) => edits.push(HeaderEdit::SetOwned(BAGGAGE, value)),
+        None => {
+            let first_set = edits
+                .iter()
+                .position(|edit| !matches!(edit, HeaderEdit::Remove(_)))
+                .unwrap_or(edits.len());
+            edits.insert(first_set, HeaderEdit::Remove(BAGGAGE));
+        }
     }
 }
 

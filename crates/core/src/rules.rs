@@ -15,6 +15,8 @@ pub struct Rules {
     /// The header naming the cluster a copy of the request goes to
     /// (Envoy's `request_mirror_policies` reads it).
     pub mirror_header: String,
+    /// Also read and write the lane as this W3C Baggage member.
+    pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
     /// The limits this rule set was compiled within; a fetched document is
     /// held to them.

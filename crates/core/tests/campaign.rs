@@ -367,6 +367,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
         mirror_header: "x-graylane-mirror".into(),
+        tag_baggage_key: None,
         trust_tag: false,
         limits,
         allowed_clusters: Some(vec!["b-stable".into(), "b-canary".into(), "outbound|80|*".into()]),
@@ -405,7 +406,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
 #[test]
 fn generated_requests_keep_the_decision_invariants() {
     let total = count();
-    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR];
+    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR, table::BAGGAGE, table::BAGGAGE_EDGE];
     let rules: Vec<_> = documents
         .iter()
         .filter_map(|document| compile(document.as_bytes()).ok())
@@ -424,5 +425,5 @@ fn generated_requests_keep_the_decision_invariants() {
         "campaign: {total} requests, {routed} routed, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(routed > total / 5);
+    assert!(routed > total / 10, "{routed} of {total} routed");
 }

@@ -137,6 +137,8 @@ fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "services[0].subsets[0].mirror", "the default subset serves what it would copy"),
         ("mirror header is the cluster header", r#"{"mirror_header":"x-graylane-cluster","services":[]}"#.into(),
             "mirror_header", "must differ from cluster_header and tag_header"),
+        ("baggage key with a space", r#"{"tag_baggage_key":"my lane","services":[]}"#.into(),
+            "tag_baggage_key", "is not a valid baggage key"),
         ("empty allow-list", r#"{"allowed_clusters":[],"services":[]}"#.into(),
             "allowed_clusters", "must list at least one cluster"),
     ]

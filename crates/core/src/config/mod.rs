@@ -45,6 +45,7 @@ const INLINE_ONLY_FIELDS: &[&str] = &[
     "cluster_header",
     "tag_header",
     "mirror_header",
+    "tag_baggage_key",
     "trust_tag",
     "limits",
     "allowed_clusters",
@@ -59,6 +60,7 @@ pub struct Base {
     pub cluster_header: String,
     pub tag_header: String,
     pub mirror_header: String,
+    pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
     /// A fetched document is held to the inline document's limits.
     pub limits: Limits,
@@ -73,6 +75,7 @@ impl Base {
             cluster_header: rules.cluster_header.clone(),
             tag_header: rules.tag_header.clone(),
             mirror_header: rules.mirror_header.clone(),
+            tag_baggage_key: rules.tag_baggage_key.clone(),
             trust_tag: rules.trust_tag,
             limits: rules.limits,
             allowed_clusters: rules.allowed_clusters.clone(),
@@ -140,11 +143,13 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         .bool("trust_tag", &mut errors)
         .map_or(true, |(flag, _)| flag);
     let limits = Limits::read(&mut root, &mut errors);
+    let tag_baggage_key = read_baggage_key(&mut root, &mut errors);
     let allowed_clusters = read_allowed_clusters(&mut root, &limits, &mut errors);
     let base = Base {
         cluster_header,
         tag_header,
         mirror_header,
+        tag_baggage_key,
         trust_tag,
         limits,
         allowed_clusters,
@@ -205,6 +210,7 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
         mirror_header: base.mirror_header,
+        tag_baggage_key: base.tag_baggage_key,
         trust_tag: base.trust_tag,
         limits: base.limits,
         allowed_clusters: base.allowed_clusters,
@@ -256,6 +262,20 @@ fn read_services(
         None => {}
     }
     services
+}
+
+/// A baggage key is an HTTP token (W3C Baggage).
+fn read_baggage_key(root: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<String> {
+    let (key, path) = root.string("tag_baggage_key", errors)?;
+    match check_header_name(&key) {
+        Ok(()) => Some(key),
+        Err(reason) => {
+            if let Some((node, _)) = root.get("tag_baggage_key") {
+                errors.push(&path, node, reason.replace("header name", "baggage key"));
+            }
+            None
+        }
+    }
 }
 
 fn read_allowed_clusters(

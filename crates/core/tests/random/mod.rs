@@ -43,6 +43,7 @@ pub const NAMES: &[&[u8]] = &[
     b"x-graylane-cluster",
     b"X-GRAYLANE-CLUSTER",
     b"x-graylane-mirror",
+    b"baggage",
     b"x-route-to",
     b"x-lane",
     b"x-k",
@@ -52,6 +53,8 @@ pub const NAMES: &[&[u8]] = &[
 ];
 pub const VALUES: &[&[u8]] = &[
     b"b.example.com",
+    b"lane.example.com",
+    b"mirror.example.com",
     b"api.example.com:80",
     b"x.b.example.com",
     b"/api/b?canary=true&canary",
@@ -67,6 +70,8 @@ pub const VALUES: &[&[u8]] = &[
     b";;==;",
     b"\xff\xfe\x00",
     b"GET",
+    b"lane=canary, a=1",
+    b"lane=beta",
     b"post",
 ];
 pub const NOISE: &[u8] = b"ab=;%&?/:.[]\xff\x00 19+-*";
@@ -112,10 +117,7 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
     let sets: Vec<(&str, &str)> = decision
         .edits
         .iter()
-        .filter_map(|e| match e {
-            HeaderEdit::Set(n, v) => Some((*n, *v)),
-            HeaderEdit::Remove(_) => None,
-        })
+        .filter_map(|e| e.value().map(|v| (e.name(), v)))
         .collect();
 
     // The client's cluster header is always removed before anything is set.
@@ -133,11 +135,11 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
     if let Some(first_set) = decision
         .edits
         .iter()
-        .position(|e| matches!(e, HeaderEdit::Set(..)))
+        .position(|e| !matches!(e, HeaderEdit::Remove(..)))
     {
         assert!(decision.edits[first_set..]
             .iter()
-            .all(|e| matches!(e, HeaderEdit::Set(..))));
+            .all(|e| !matches!(e, HeaderEdit::Remove(..))));
     }
     // An untrusted tag never survives; a tag set is a subset's own.
     if !rules.trust_tag {
@@ -167,7 +169,9 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
             true
         }
         _ => {
-            assert!(sets.is_empty() && decision.cluster.is_none());
+            // Unclaimed: only an untrusted lane is stripped from baggage.
+            assert!(decision.cluster.is_none());
+            assert!(sets.iter().all(|(name, _)| *name == "baggage" && !rules.trust_tag), "{sets:?}");
             false
         }
     }

@@ -118,6 +118,28 @@ pub const MIRROR: &str = r#"{
   ]
 }"#;
 
+/// Service `l` of the baggage documents.
+macro_rules! lane_services {
+    () => {
+        r#""services": [
+    { "name": "l", "hosts": ["lane.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "l-stable" },
+        { "name": "canary", "cluster": "l-canary", "match": [ { "headers": [ { "name": "x-canary", "present": true } ] } ] } ] }
+  ]"#
+    };
+}
+
+/// The lane as a W3C Baggage member (`tag_baggage_key`), trusted.
+pub const BAGGAGE: &str = concat!(r#"{ "tag_baggage_key": "lane", "#, lane_services!(), "}");
+
+/// The same at an edge that trusts no lane.
+pub const BAGGAGE_EDGE: &str = concat!(
+    r#"{ "tag_baggage_key": "lane", "trust_tag": false, "#,
+    lane_services!(),
+    "}"
+);
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -765,6 +787,62 @@ pub const CASES: &[Case] = &[
         &["-x-graylane-mirror"],
     ),
     case(
+        "baggage: the lane member picks the subset; the tag header is written, baggage already says it",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"userId=42, lane=canary;ttl=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "baggage: a match writes the lane member, other members kept",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1"), (b"baggage", b"userId=42,sampled=%2C")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary", "baggage=userId=42,sampled=%2C,lane=canary"],
+    ),
+    case(
+        "baggage: a lane with no subset here goes to the default and is kept for the next hop",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=blue")],
+        Some("l-stable"),
+        &["x-graylane-cluster=l-stable"],
+    ),
+    case(
+        "baggage: the tag header wins over the member, and the member follows it",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-gray-tag", b"canary"), (b"baggage", b"lane=blue,a=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "baggage=a=1,lane=canary"],
+    ),
+    case(
+        "baggage at an untrusted edge: the lane member is stripped, the others kept",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"a=1, lane=canary")],
+        Some("l-stable"),
+        &["x-graylane-cluster=l-stable", "baggage=a=1"],
+    ),
+    case(
+        "baggage at an untrusted edge: a header holding only the lane goes, before anything is set",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=canary")],
+        Some("l-stable"),
+        &["-baggage", "x-graylane-cluster=l-stable"],
+    ),
+    case(
+        "baggage at an untrusted edge: stripped from a request no service claims too",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"else.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=canary")],
+        None,
+        &["-baggage"],
+    ),
+    case(
+        "baggage at an untrusted edge: a match still writes its lane",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1"), (b"baggage", b"lane=evil,a=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary", "baggage=a=1,lane=canary"],
+    ),
+    case(
         "weight 0 takes nothing",
         WEIGHTS,
         &[(b":authority", b"none.example.com"), GET, (b":path", b"/")],
@@ -817,6 +895,7 @@ pub fn render(edit: &HeaderEdit<'_>) -> String {
     match edit {
         HeaderEdit::Remove(name) => format!("-{name}"),
         HeaderEdit::Set(name, value) => format!("{name}={value}"),
+        HeaderEdit::SetOwned(name, value) => format!("{name}={value}"),
     }
 }
 
