@@ -973,7 +973,7 @@ fn lanes_travel_in_w3c_baggage() {
     let mut edge_client = edge.client();
     // (what, response, (backend, baggage, tag) the upstream must receive)
     type Expected<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
-    let cases: Vec<(&str, Response, Expected)> = vec![
+    let cases: Vec<(&str, Response, Expected<'_>)> = vec![
         ("trusted: the lane member routes, the tag header is written too",
          inner_client.send(&Request::get("/").header("baggage", "userId=42,lane=canary;ttl=3")),
          ("b-canary", Some("userId=42,lane=canary;ttl=3"), Some("canary"))),
