@@ -287,7 +287,7 @@ fn a_configuration_with_fallbacks_passes_envoy_validate() {
 }
 
 #[test]
-fn a_configuration_that_mirrors_passes_envoy_validate() {
+fn configurations_that_mirror_or_pin_pass_envoy_validate() {
     let wasm = wasm_path().to_str().unwrap();
     let run = graylane(&["envoy", "filters/examples/mirror.json", "--wasm", wasm]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -296,9 +296,16 @@ fn a_configuration_that_mirrors_passes_envoy_validate() {
     assert!(text.contains("- remove: x-graylane-mirror"), "the guard covers the mirror header: {text}");
     let (ok, log) = validate("generated-mirror", text);
     assert!(ok, "envoy refused the config:\n{log}");
-    // Rules that do not mirror get no mirror policy.
+    // Rules that do not mirror (or pin) get no mirror policy (or cookie copy).
     let plain = graylane(&["envoy", "filters/examples/canary.json", "--wasm", wasm]);
     assert!(!plain.stdout.contains("request_mirror_policies"));
+    assert!(!plain.stdout.contains("response_headers_to_add"));
+    let run = graylane(&["envoy", "filters/examples/pin.json", "--wasm", wasm]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("value: '%REQ(x-graylane-pin-cookie)%'"), "{}", run.stdout);
+    assert!(run.stdout.contains("- remove: x-graylane-pin-cookie"), "{}", run.stdout);
+    let (ok, log) = validate("generated-pin", &run.stdout);
+    assert!(ok, "envoy refused the config:\n{log}");
 }
 
 #[test]

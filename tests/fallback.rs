@@ -183,3 +183,41 @@ fn a_mirror_subset_receives_copies_and_never_answers() {
     assert_eq!(admin.requests(), 0, "a client-sent mirror header went somewhere");
     gateway.envoy.assert_no_wasm_errors();
 }
+
+/// Pin cookies (`pin_cookie`): a browser without a sticky key is answered
+/// with the bucket it was drawn, and its later requests carrying it go where
+/// that bucket belongs, every time.
+#[test]
+fn a_pinned_browser_stays_in_its_bucket() {
+    let document = json!({"services": [{
+        "name": "web", "default": "stable",
+        "pin_cookie": {"name": "gl_pin", "secure": false},
+        "subsets": [
+            {"name": "stable", "cluster": "web-stable"},
+            {"name": "canary", "cluster": "web-canary", "weight": 30}
+        ]
+    }]});
+    let gateway = Gateway::start("pin", &document);
+    let mut client = gateway.client();
+    let mut pinned = std::collections::BTreeMap::<String, usize>::new();
+    for browser in 0..40 {
+        let first = client.send(&Request::get("/"));
+        let set_cookie = first.header("set-cookie").unwrap_or_else(|| panic!("browser {browser}: no pin"));
+        assert!(set_cookie.contains("; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"), "{set_cookie}");
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let bucket: u32 = cookie.strip_prefix("gl_pin=").unwrap().parse().unwrap();
+        // The first 30% of the buckets belong to the canary.
+        let owner = if bucket < 3_000 { "web-canary" } else { "web-stable" };
+        assert_eq!(first.backend(), owner, "browser {browser}: bucket {bucket}");
+        for _ in 0..5 {
+            let again = client.send(&Request::get("/").header("cookie", &format!("a=1; {cookie}")));
+            assert_eq!(again.backend(), owner, "browser {browser} left its bucket {bucket}");
+            assert_eq!(again.header("set-cookie"), None, "a pinned browser is not pinned again");
+        }
+        *pinned.entry(owner.to_string()).or_default() += 1;
+    }
+    // A client's own pin header is not turned into its set-cookie.
+    let spoofed = client.send(&Request::get("/").header("cookie", "gl_pin=10").header("x-graylane-pin-cookie", "admin=1"));
+    assert_eq!(spoofed.header("set-cookie"), None);
+    assert!(pinned.len() == 2, "both versions got browsers: {pinned:?}");
+}

@@ -466,6 +466,16 @@ impl EnvoyConfig {
         self
     }
 
+    /// The document's `header` setting (or `default`) when the document uses
+    /// the feature `field` anywhere.
+    fn header_if_used(&self, field: &str, header: &str, default: &str) -> Option<String> {
+        let document = serde_json::from_str::<Value>(&self.plugin_json).ok()?;
+        if !document.to_string().contains(&format!("\"{field}\"")) {
+            return None;
+        }
+        Some(document[header].as_str().unwrap_or(default).to_string())
+    }
+
     /// The bootstrap: the configuration `graylane envoy` writes, on
     /// loopback ports Envoy picks, with this test's clusters and settings.
     pub fn bootstrap(&self) -> Value {
@@ -480,16 +490,10 @@ impl EnvoyConfig {
         bootstrap.failure_policy = self.failure_policy.clone();
         bootstrap.guard_cluster_header = self.guard_cluster_header;
         bootstrap.fallbacks = self.fallbacks.clone();
-        // As `graylane envoy` does: a mirror policy only for rules that mirror.
-        bootstrap.mirror_header = serde_json::from_str::<Value>(&self.plugin_json)
-            .ok()
-            .filter(|document| document.to_string().contains("\"mirror\""))
-            .map(|document| {
-                document["mirror_header"]
-                    .as_str()
-                    .unwrap_or("x-graylane-mirror")
-                    .to_string()
-            });
+        // As `graylane envoy` does: the cookie copy only for rules that pin,
+        // the mirror policy only for rules that mirror.
+        bootstrap.pin_header = self.header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie");
+        bootstrap.mirror_header = self.header_if_used("mirror", "mirror_header", "x-graylane-mirror");
         bootstrap.clusters = self
             .clusters
             .iter()

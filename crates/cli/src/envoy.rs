@@ -96,6 +96,9 @@ pub struct Bootstrap {
     /// The rules mirror (`subsets[].mirror`): the header the plugin names the
     /// copy's cluster in. Guarded like the cluster header.
     pub mirror_header: Option<String>,
+    /// The rules pin browsers (`pin_cookie`): the request header the plugin
+    /// puts the cookie in, copied into the response as `set-cookie`.
+    pub pin_header: Option<String>,
 }
 
 /// A subset cluster and the default cluster its traffic goes to while the
@@ -132,6 +135,7 @@ impl Bootstrap {
             trusted_hops: 0,
             fallbacks: Vec::new(),
             mirror_header: None,
+            pin_header: None,
         }
     }
 
@@ -188,6 +192,7 @@ impl Bootstrap {
         let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
             let mutations: Vec<Value> = std::iter::once(header)
                 .chain(self.mirror_header.as_deref())
+                .chain(self.pin_header.as_deref())
                 .map(|name| json!({"remove": name}))
                 .collect();
             vec![json!({
@@ -260,6 +265,15 @@ impl Bootstrap {
                 ]
             }
         });
+        let mut manager = manager;
+        if let (Some(pin_header), Some(virtual_host)) = (
+            self.pin_header.as_deref(),
+            manager.pointer_mut("/typed_config/route_config/virtual_hosts/0"),
+        ) {
+            if let Some(object) = virtual_host.as_object_mut() {
+                object.insert("response_headers_to_add".into(), pin_cookie_copy(pin_header));
+            }
+        }
         let mut config = json!({
             "static_resources": {
                 "listeners": [{
@@ -341,6 +355,11 @@ const COMMENTS: &[(&str, &str)] = &[
          which would forward requests unrouted, with the client's own header.",
     ),
     (
+        "response_headers_to_add:",
+        "A pin cookie (pin_cookie): the bucket the plugin drew for a browser without\n\
+         a sticky key, set on the response; nothing when no pin was drawn.",
+    ),
+    (
         "request_mirror_policies:",
         "A copy of the request goes to the cluster the plugin names in the mirror\n\
          header (subsets[].mirror); its answer is dropped, the client gets the\n\
@@ -389,6 +408,16 @@ fn chosen_route(header: &str, fallbacks: bool, mirror_header: Option<&str>) -> V
         );
     }
     route
+}
+
+/// `set-cookie` from the pin header the plugin wrote on the request; an
+/// empty value (no pin drawn) adds nothing.
+fn pin_cookie_copy(header: &str) -> Value {
+    json!([{
+        "header": {"key": "set-cookie", "value": format!("%REQ({header})%")},
+        "append_action": "APPEND_IF_EXISTS_OR_ADD",
+        "keep_empty_value": false
+    }])
 }
 
 fn socket_address(address: &str, port: u16) -> Value {

@@ -577,6 +577,9 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if document.rules.services.iter().any(|service| service.mirror.is_some()) {
         bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
     }
+    if document.rules.services.iter().any(|service| service.pin.is_some()) {
+        bootstrap.pin_header = Some(document.rules.pin_header.clone());
+    }
     let mut stub_port = args.stub_port_base;
     for name in names {
         let mut given: Vec<envoy::Endpoint> = endpoints

@@ -14,7 +14,7 @@
 use graylane_core::config::limits::Limits;
 use graylane_core::config::matching::MATCH_KINDS;
 use graylane_core::config::names::{RESERVED_HEADERS, RESERVED_PREFIXES};
-use graylane_core::config::{DEFAULT_CLUSTER_HEADER, DEFAULT_MIRROR_HEADER, DEFAULT_TAG_HEADER};
+use graylane_core::config::{DEFAULT_CLUSTER_HEADER, DEFAULT_MIRROR_HEADER, DEFAULT_PIN_HEADER, DEFAULT_TAG_HEADER};
 use graylane_core::source::settings as source;
 use serde_json::{json, Map, Value};
 
@@ -191,6 +191,19 @@ fn service() -> Value {
                 "description": "plain prefix of the path"},
             "default": non_empty_string("the subset taking what nothing else claimed"),
             "sticky": sticky(),
+            "pin_cookie": closed(
+                "holds a browser without a sticky key in the bucket the weight gave it",
+                json!({
+                    "name": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "default": "graylane_pin"},
+                    "max_age_s": {"type": "integer", "minimum": 1, "maximum": 34_560_000, "default": 86_400},
+                    "path": {"type": "string", "pattern": "^/[^;]*$", "default": "/"},
+                    "domain": {"type": "string", "pattern": "^[^;]+$"},
+                    "secure": {"type": "boolean", "default": true},
+                    "http_only": {"type": "boolean", "default": true},
+                    "same_site": {"enum": ["Strict", "Lax", "None"], "default": "Lax"},
+                }),
+                &[],
+            ),
             "subsets": {"type": "array", "minItems": 1, "items": subset()},
         }),
         &["name", "default", "subsets"],
@@ -261,6 +274,7 @@ pub fn document_schema() -> Value {
             "cluster_header": written_header_name("request header the chosen cluster is written into", DEFAULT_CLUSTER_HEADER),
             "tag_header": written_header_name("the gray tag header, read and written", DEFAULT_TAG_HEADER),
             "mirror_header": written_header_name("request header naming the cluster a copy goes to", DEFAULT_MIRROR_HEADER),
+            "pin_header": written_header_name("request header carrying a pin cookie to the route's response_headers_to_add", DEFAULT_PIN_HEADER),
             "tag_baggage_key": {"type": "string", "pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
                 "description": "also read and write the lane as this W3C Baggage member (baggage: lane=canary)"},
             "trust_tag": {"type": "boolean", "default": true,

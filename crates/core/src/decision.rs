@@ -132,6 +132,10 @@ pub fn decide_traced<'r>(
     if request.has_header(&rules.mirror_header) {
         edits.push(HeaderEdit::Remove(rules.mirror_header.as_str()));
     }
+    // Nor what the gateway answers it as a cookie.
+    if request.has_header(&rules.pin_header) {
+        edits.push(HeaderEdit::Remove(rules.pin_header.as_str()));
+    }
     let mut incoming_tags = request.header_values(&rules.tag_header);
     let mut incoming_tag = incoming_tags.next();
     let single_incoming_tag = incoming_tags.next().is_none();
@@ -197,6 +201,12 @@ pub fn decide_traced<'r>(
         .filter(|_| subset_index != service.default)
         .map(|subset| subset.tag.as_str());
     push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), written_lane);
+    // A bucket drawn for a browser without a key: pin it there.
+    if let (Some(pin), Reason::Weight { bucket, sticky: false } | Reason::Default { bucket: Some(bucket), sticky: false }) =
+        (&service.pin, &reason)
+    {
+        edits.push(HeaderEdit::SetOwned(rules.pin_header.as_str(), pin.set_cookie(*bucket)));
+    }
     if let Some(mirror) = &service.mirror {
         if let Some(target) = mirror_target(service, mirror, subset_index, request, sequence) {
             edits.push(HeaderEdit::Set(rules.mirror_header.as_str(), target));
@@ -299,9 +309,10 @@ fn choose_subset(
     }
     let key = sticky_key(service, request);
     trace.sticky(key);
-    let (bucket, sticky) = match key {
-        Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
-        None => (sequence.next_bucket(), false),
+    let (bucket, sticky) = match (key, pinned_bucket(service, request)) {
+        (Some(key), _) => (crate::split::sticky_bucket(&service.name, key), true),
+        (None, Some(bucket)) => (bucket, true),
+        (None, None) => (sequence.next_bucket(), false),
     };
     match service.weights.owner(bucket) {
         Some(index) => (index, Reason::Weight { bucket, sticky }),
@@ -313,6 +324,18 @@ fn choose_subset(
             },
         ),
     }
+}
+
+/// The bucket a pin cookie carries: a decimal below 10,000; anything else
+/// counts as no pin (and a new one is drawn and set).
+fn pinned_bucket(service: &Service, request: &Request<'_>) -> Option<u32> {
+    let pin = service.pin.as_ref()?;
+    let value = request.cookie_values(&pin.name).next()?;
+    if value.is_empty() || value.len() > 4 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let bucket = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (bucket < crate::split::BUCKETS).then_some(bucket)
 }
 
 /// The sticky key's value; an empty value counts as absent, or every client

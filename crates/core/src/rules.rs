@@ -15,6 +15,9 @@ pub struct Rules {
     /// The header naming the cluster a copy of the request goes to
     /// (Envoy's `request_mirror_policies` reads it).
     pub mirror_header: String,
+    /// The request header a pin cookie is put in, for the route to copy into
+    /// the response as `set-cookie`.
+    pub pin_header: String,
     /// Also read and write the lane as this W3C Baggage member.
     pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
@@ -41,6 +44,23 @@ pub struct Service {
     pub(crate) weights: WeightTable,
     /// The subset that receives copies of the others' requests, if any.
     pub mirror: Option<MirrorTo>,
+    /// Holds a browser without a sticky key in the bucket it was drawn.
+    pub pin: Option<PinCookie>,
+}
+
+/// `pin_cookie`: the cookie carrying a user's bucket of the weighted split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinCookie {
+    pub name: String,
+    /// `; Max-Age=…; Path=…` and the rest, written after `name=bucket`.
+    pub attributes: String,
+}
+
+impl PinCookie {
+    /// The `set-cookie` value for `bucket`.
+    pub fn set_cookie(&self, bucket: u32) -> String {
+        format!("{}={bucket}{}", self.name, self.attributes)
+    }
 }
 
 /// A subset receiving a copy of a share of the requests the service's

@@ -367,6 +367,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
         mirror_header: "x-graylane-mirror".into(),
+        pin_header: "x-graylane-pin-cookie".into(),
         tag_baggage_key: None,
         trust_tag: false,
         limits,
@@ -406,7 +407,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
 #[test]
 fn generated_requests_keep_the_decision_invariants() {
     let total = count();
-    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR, table::BAGGAGE, table::BAGGAGE_EDGE];
+    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR, table::BAGGAGE, table::BAGGAGE_EDGE, table::PIN];
     let rules: Vec<_> = documents
         .iter()
         .filter_map(|document| compile(document.as_bytes()).ok())

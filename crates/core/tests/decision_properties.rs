@@ -10,7 +10,7 @@ use random::{decide_and_check, Random};
 
 #[test]
 fn no_request_escapes_the_invariants() {
-    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR, table::BAGGAGE, table::BAGGAGE_EDGE];
+    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS, table::MIRROR, table::BAGGAGE, table::BAGGAGE_EDGE, table::PIN];
     let rules: Vec<_> = documents
         .iter()
         .map(|d| graylane_core::config::compile(d.as_bytes()).unwrap())

@@ -34,6 +34,7 @@ use limits::Budget;
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-graylane-cluster";
 pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
 pub const DEFAULT_MIRROR_HEADER: &str = "x-graylane-mirror";
+pub const DEFAULT_PIN_HEADER: &str = "x-graylane-pin-cookie";
 
 /// What a document may carry besides the rules themselves: [`crate::source`]
 /// reads these sections.
@@ -45,6 +46,7 @@ const INLINE_ONLY_FIELDS: &[&str] = &[
     "cluster_header",
     "tag_header",
     "mirror_header",
+    "pin_header",
     "tag_baggage_key",
     "trust_tag",
     "limits",
@@ -60,6 +62,7 @@ pub struct Base {
     pub cluster_header: String,
     pub tag_header: String,
     pub mirror_header: String,
+    pub pin_header: String,
     pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
     /// A fetched document is held to the inline document's limits.
@@ -75,6 +78,7 @@ impl Base {
             cluster_header: rules.cluster_header.clone(),
             tag_header: rules.tag_header.clone(),
             mirror_header: rules.mirror_header.clone(),
+            pin_header: rules.pin_header.clone(),
             tag_baggage_key: rules.tag_baggage_key.clone(),
             trust_tag: rules.trust_tag,
             limits: rules.limits,
@@ -125,6 +129,14 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
     );
     let tag_header = read_header_name(&mut root, "tag_header", DEFAULT_TAG_HEADER, &mut errors);
     let mirror_header = read_header_name(&mut root, "mirror_header", DEFAULT_MIRROR_HEADER, &mut errors);
+    let pin_header = read_header_name(&mut root, "pin_header", DEFAULT_PIN_HEADER, &mut errors);
+    if [&cluster_header, &tag_header, &mirror_header].contains(&&pin_header) {
+        let path = root.child("pin_header");
+        errors.push_unplaced(&path, "must differ from cluster_header, tag_header and mirror_header");
+        if let Some(error) = errors.0.last_mut() {
+            error.offset = root.get("pin_header").map(|(node, _)| node.offset);
+        }
+    }
     if mirror_header == cluster_header || mirror_header == tag_header {
         let path = root.child("mirror_header");
         errors.push_unplaced(&path, "must differ from cluster_header and tag_header");
@@ -149,6 +161,7 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         cluster_header,
         tag_header,
         mirror_header,
+        pin_header,
         tag_baggage_key,
         trust_tag,
         limits,
@@ -210,6 +223,7 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
         mirror_header: base.mirror_header,
+        pin_header: base.pin_header,
         tag_baggage_key: base.tag_baggage_key,
         trust_tag: base.trust_tag,
         limits: base.limits,

@@ -96,6 +96,7 @@ fn base() -> Base {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
         mirror_header: "x-graylane-mirror".into(),
+        pin_header: "x-graylane-pin-cookie".into(),
         tag_baggage_key: None,
         trust_tag: true,
         limits: Default::default(),

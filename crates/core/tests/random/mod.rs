@@ -43,6 +43,7 @@ pub const NAMES: &[&[u8]] = &[
     b"x-graylane-cluster",
     b"X-GRAYLANE-CLUSTER",
     b"x-graylane-mirror",
+    b"x-graylane-pin-cookie",
     b"baggage",
     b"x-route-to",
     b"x-lane",
@@ -55,6 +56,7 @@ pub const VALUES: &[&[u8]] = &[
     b"b.example.com",
     b"lane.example.com",
     b"mirror.example.com",
+    b"pin.example.com",
     b"api.example.com:80",
     b"x.b.example.com",
     b"/api/b?canary=true&canary",
@@ -72,6 +74,8 @@ pub const VALUES: &[&[u8]] = &[
     b"GET",
     b"lane=canary, a=1",
     b"lane=beta",
+    b"gl_pin=42",
+    b"gl_pin=9999; a=1",
     b"post",
 ];
 pub const NOISE: &[u8] = b"ab=;%&?/:.[]\xff\x00 19+-*";
@@ -124,6 +128,12 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
     assert_eq!(
         carries(&rules.cluster_header),
         removes(&rules.cluster_header),
+        "{pairs:?}"
+    );
+    // Nor what the gateway answers as a cookie.
+    assert_eq!(
+        carries(&rules.pin_header),
+        removes(&rules.pin_header),
         "{pairs:?}"
     );
     // Nor where a copy goes.

@@ -140,6 +140,15 @@ pub const BAGGAGE_EDGE: &str = concat!(
     "}"
 );
 
+/// A pin cookie holding browsers without a sticky key in their bucket.
+pub const PIN: &str = r#"{
+  "services": [
+    { "name": "p", "hosts": ["pin.example.com"], "default": "stable", "sticky": { "header": "userid" },
+      "pin_cookie": { "name": "gl_pin", "secure": false },
+      "subsets": [ { "name": "stable", "cluster": "p-stable" }, { "name": "canary", "cluster": "p-canary", "weight": 50 } ] }
+  ]
+}"#;
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -841,6 +850,41 @@ pub const CASES: &[Case] = &[
         &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1"), (b"baggage", b"lane=evil,a=1")],
         Some("l-canary"),
         &["x-graylane-cluster=l-canary", "x-gray-tag=canary", "baggage=a=1,lane=canary"],
+    ),
+    case(
+        "pin: a browser without a key gets the drawn bucket (712, the canary's) as a cookie",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/")],
+        Some("p-canary"),
+        &["x-graylane-cluster=p-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
+    ),
+    case(
+        "pin: the cookie's bucket decides (42: the canary's first half)",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"a=1; gl_pin=42")],
+        Some("p-canary"),
+        &["x-graylane-cluster=p-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "pin: bucket 9000 is the default's",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"gl_pin=9000")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable"],
+    ),
+    case(
+        "pin: the sticky key (user 1: the default's bucket) wins over the cookie, and sets none",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"userid", b"1"), (b"cookie", b"gl_pin=42")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable"],
+    ),
+    case(
+        "pin: a bucket out of range is no pin, and the client's own set-cookie header is dropped",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"gl_pin=10000"), (b"x-graylane-pin-cookie", b"admin=1")],
+        Some("p-canary"),
+        &["-x-graylane-pin-cookie", "x-graylane-cluster=p-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
     ),
     case(
         "weight 0 takes nothing",
