@@ -26,7 +26,7 @@ if ! command -v etcd >/dev/null; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server >/dev/null
 fi
-etcd --version | head -1
+etcd --version | sed -n 1p   # sed reads to the end: head would SIGPIPE etcd under pipefail
 
 step "Debian packages: docker-registry, openssl (graylane image push against real registries)"
 if ! command -v docker-registry >/dev/null || ! command -v openssl >/dev/null; then
