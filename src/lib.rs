@@ -160,12 +160,21 @@ fn on_request_headers(context_id: u32) -> Action {
     }
 }
 
+/// Most callouts remembered; past it the oldest is forgotten (a host that
+/// never answers a callout must not grow the table for ever; the fetcher
+/// gives up on it by itself).
+const MAX_CALLOUTS: usize = 64;
+
 /// Records which context sent the callout `token` (the one whose callback
 /// is running).
 fn note_callout(token: u32) {
     VM.with(|vm| {
         let sender = vm.active.get();
-        vm.callouts.borrow_mut().push((token, sender));
+        let mut callouts = vm.callouts.borrow_mut();
+        if callouts.len() >= MAX_CALLOUTS {
+            callouts.remove(0);
+        }
+        callouts.push((token, sender));
     });
 }
 
@@ -175,7 +184,7 @@ fn on_http_call_response(context_id: u32, token: u32, headers: usize, body_size:
         let sender = {
             let mut callouts = vm.callouts.borrow_mut();
             match callouts.iter().position(|(t, _)| *t == token) {
-                Some(at) => callouts.swap_remove(at).1,
+                Some(at) => callouts.remove(at).1,
                 None => context_id,
             }
         };
