@@ -47,9 +47,9 @@ import bench  # noqa: E402  (the wall-clock benchmark: real_envoy, Envoy, check_
 RESULTS_DIR = os.path.join(HERE, "results")
 # Arms routed by the rules, and so routing-checked; the minimal filters always
 # write s0's cluster.
-ROUTED = ("native", "lua", "floor", "floor-callbacks", "graylane")
+ROUTED = ("native", "lua", "floor", "floor-callbacks", "graylane", "graylane-b", "graylane-c")
 # Arms run with another arm's configuration and their own .wasm (--module).
-DERIVED = {"floor-callbacks": "floor"}
+DERIVED = {"floor-callbacks": "floor", "graylane-b": "graylane", "graylane-c": "graylane"}
 DESCRIPTIONS = {
     "native": "Envoy's own route table, no filter",
     "lua": "envoy.filters.http.lua, the same rules",
@@ -58,6 +58,8 @@ DESCRIPTIONS = {
     "minimal": "bench/minimal-filter through the SDK: reads x-canary, writes s0's cluster (not routing)",
     "minimal-raw": "bench/minimal-filter on the raw ABI: reads x-canary, writes s0's cluster (not routing)",
     "graylane": "the graylane .wasm",
+    "graylane-b": "another graylane .wasm (--module graylane-b=PATH), on graylane's configuration",
+    "graylane-c": "a third graylane .wasm (--module graylane-c=PATH)",
 }
 
 log_lock = threading.Lock()

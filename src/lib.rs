@@ -1,10 +1,19 @@
 //! graylane, the plugin: canary (gray) and blue-green routing for API
 //! gateways, loaded by Envoy and Apache APISIX as a proxy-wasm module.
 //!
-//! This crate is only the glue: configuration in `on_configure`, and per request,
-//! headers in → [`decide`] → header edits out. No routing logic lives here,
-//! and no fetching logic either: [`graylane_core::source::Fetcher`] decides when and
-//! what to fetch, through the small host traits this module implements.
+//! This crate is only the glue, on the proxy-wasm ABI 0.2.1 without an SDK:
+//! configuration in `on_configure`, and per request, headers in →
+//! [`graylane_core::decision::decide`] → header edits out. No routing logic
+//! lives here, and no fetching logic either:
+//! [`graylane_core::source::Fetcher`] decides when and what to fetch,
+//! through the small host traits [`root::PluginHost`] implements.
+//!
+//! - [`abi`]: the exports the gateway calls and the host calls, the only
+//!   `unsafe` code; every host status is a value.
+//! - this module: the VM's contexts (roots, requests, callouts in flight),
+//!   the logger.
+//! - [`root`]: one plugin configuration: rules, fetcher, metrics.
+//! - [`routing`]: one request's headers.
 //!
 //! Per request the plugin only bumps an in-memory counter; the counts reach
 //! the gateway's metrics on the root context's tick.
@@ -13,462 +22,239 @@
 //! implement (ticks, shared data, metrics): rules are inline, or refreshed
 //! from a request once they are older than the interval.
 
-#![allow(unsafe_code)] // the host calls, in `host`
-
-mod host;
+mod abi;
+mod root;
+mod routing;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use abi::{Action, LogLevel};
+use root::Root;
+use routing::Outcome;
 
-use graylane_core::decision::{decide, HeaderEdit};
-use graylane_core::metrics::RequestCounts;
-use graylane_core::request::{ip_of_socket_address, parse_header_map, Request};
-use graylane_core::rules::Rules;
-use graylane_core::source::{
-    self, Base, CalloutRequest, CalloutResponse, Clock, Fetcher, HttpCallout, Installed,
-    LocalStore, Logger, Metrics, SharedStore, StoreError,
-};
-use graylane_core::split::WeylSequence;
-
-/// Without a source, metrics are still flushed this often.
-const FLUSH_PERIOD_MS: u32 = 1_000;
-
-proxy_wasm::main! {{
-    install_logger();
-    proxy_wasm::set_root_context(|context_id| Box::new(GraylaneRoot::new(context_id)));
-}}
-
-/// A rule set in force and the requests counted against it.
-struct Compiled {
-    rules: Rules,
-    counts: RequestCounts,
-}
-
-impl Compiled {
-    fn new(rules: Rules) -> Rc<Self> {
-        Rc::new(Compiled {
-            counts: RequestCounts::new(&rules),
-            rules,
-        })
-    }
-}
-
-/// What the root context shares with its requests.
-#[derive(Default)]
-struct Shared {
-    current: RefCell<Option<Rc<Compiled>>>,
-    /// Rule sets replaced while requests still held them: their counts are
-    /// flushed on the next ticks, then they are dropped.
-    retired: RefCell<Vec<Rc<Compiled>>>,
-    fetcher: RefCell<Option<Fetcher>>,
-    apisix_mode: Cell<bool>,
-    metric_ids: RefCell<HashMap<String, u32>>,
-    /// APISIX has no shared data: its fetcher coordinates with itself.
-    local_store: RefCell<LocalStore>,
-    /// One sequence per worker, shared by its requests, so that the
-    /// unweighted split is exact over the worker's whole stream.
-    sequence: Cell<WeylSequence>,
-}
-
-impl Shared {
-    fn install(&self, installed: Installed) {
-        let fresh = Compiled::new(installed.rules);
-        if let Some(old) = self.current.replace(Some(fresh)) {
-            self.retired.borrow_mut().push(old);
-        }
-    }
-
-    fn host(&self) -> PluginHost<'_> {
-        PluginHost { shared: self }
-    }
-
-    /// Hands the counted requests to the gateway's metrics.
-    fn flush_counts(&self) {
-        let mut host = self.host();
-        if let Some(current) = self.current.borrow().as_ref() {
-            current.counts.drain(|name, count| host.add(name, count));
-        }
-        self.retired.borrow_mut().retain(|old| {
-            old.counts.drain(|name, count| host.add(name, count));
-            // Still held by a request in progress: keep for the next flush.
-            Rc::strong_count(old) > 1
-        });
-    }
-}
-
-/// The gateway as [`source`] sees it.
-struct PluginHost<'s> {
-    shared: &'s Shared,
-}
-
-impl Clock for PluginHost<'_> {
-    fn now_ms(&self) -> u64 {
-        host::now_ms()
-    }
-}
-
-impl HttpCallout for PluginHost<'_> {
-    fn dispatch(&mut self, request: &CalloutRequest) -> Result<u32, String> {
-        let headers: Vec<(&str, &str)> = request
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        // The SDK's call is used (not a raw one) because only it registers
-        // the token, so that the answer reaches this context. It returns an
-        // error for the statuses hosts answer (bad argument: unknown
-        // cluster; internal failure).
-        proxy_wasm::hostcalls::dispatch_http_call(
-            &request.upstream,
-            headers,
-            request.body.as_deref(),
-            vec![],
-            Duration::from_millis(request.timeout_ms),
-        )
-        .map_err(|status| format!("host status {status:?} (is the cluster defined?)"))
-    }
-}
-
-impl SharedStore for PluginHost<'_> {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        if self.shared.apisix_mode.get() {
-            return self.shared.local_store.borrow().get(key);
-        }
-        host::get_shared_data(key).map_err(|status| StoreError::Unavailable(format!("{status:?}")))
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        if self.shared.apisix_mode.get() {
-            return self.shared.local_store.borrow_mut().set(key, value, cas);
-        }
-        host::set_shared_data(key, value, cas).map_err(|status| {
-            if host::is_cas_mismatch(status) {
-                StoreError::CasMismatch
-            } else {
-                StoreError::Unavailable(format!("{status:?}"))
-            }
-        })
-    }
-}
-
-impl PluginHost<'_> {
-    fn metric_id(&self, metric_type: u32, name: &str) -> Option<u32> {
-        if self.shared.apisix_mode.get() {
-            return None;
-        }
-        if let Some(id) = self.shared.metric_ids.borrow().get(name) {
-            return Some(*id);
-        }
-        let id = host::define_metric(metric_type, name).ok()?;
-        self.shared
-            .metric_ids
-            .borrow_mut()
-            .insert(name.to_string(), id);
-        Some(id)
-    }
-}
-
-impl Metrics for PluginHost<'_> {
-    fn add(&mut self, counter: &str, delta: u64) {
-        if let Some(id) = self.metric_id(host::METRIC_COUNTER, counter) {
-            let _ = host::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
-        }
-    }
-
-    fn gauge(&mut self, gauge: &str, value: u64) {
-        if let Some(id) = self.metric_id(host::METRIC_GAUGE, gauge) {
-            let _ = host::record_metric(id, value);
-        }
-    }
-}
-
-impl Logger for PluginHost<'_> {
-    fn log(&mut self, level: log::Level, message: &str) {
-        log::log!(level, "{message}");
-    }
-}
-
-struct GraylaneRoot {
-    context_id: u32,
-    shared: Rc<Shared>,
-}
-
-impl GraylaneRoot {
-    fn new(context_id: u32) -> Self {
-        GraylaneRoot {
-            context_id,
-            shared: Rc::new(Shared::default()),
-        }
-    }
-}
-
-impl Context for GraylaneRoot {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        answer_callout(&self.shared, token, num_headers, body_size);
-    }
-}
-
-impl RootContext for GraylaneRoot {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let document = match host::plugin_configuration(plugin_configuration_size) {
-            Ok(bytes) => bytes,
-            Err(status) => {
-                log::error!(
-                    "graylane: cannot read the plugin configuration: host status {}",
-                    status.0
-                );
-                return false;
-            }
-        };
-        let (rules, extensions) = match source::configure(&document) {
-            Ok(configured) => configured,
-            Err(errors) => {
-                for error in errors.0 {
-                    log::error!("graylane: configuration refused: {error}");
-                }
-                return false;
-            }
-        };
-        log::info!(
-            "graylane: configured {} inline service(s), cluster header {:?}, tag header {:?}{}{}",
-            rules.services.len(),
-            rules.cluster_header,
-            rules.tag_header,
-            if extensions.source.is_some() {
-                ", rules source configured"
-            } else {
-                ""
-            },
-            if extensions.apisix_mode {
-                ", APISIX mode"
-            } else {
-                ""
-            }
-        );
-        let now = host::now_ms();
-        self.shared
-            .sequence
-            .set(WeylSequence::new(now ^ u64::from(self.context_id) << 48));
-        self.shared.apisix_mode.set(extensions.apisix_mode);
-        let fetcher = extensions.source.map(|config| {
-            Fetcher::new(
-                config,
-                Base::of(&rules),
-                now.rotate_left(17) ^ u64::from(self.context_id),
-            )
-        });
-        self.shared.current.replace(Some(Compiled::new(rules)));
-        self.shared.retired.borrow_mut().clear();
-        let tick = fetcher
-            .as_ref()
-            .map_or(FLUSH_PERIOD_MS, |f| f.tick_period_ms() as u32);
-        self.shared.fetcher.replace(fetcher);
-        if !extensions.apisix_mode {
-            // Rules another worker already fetched serve from the start.
-            let adopted = self
-                .shared
-                .fetcher
-                .borrow_mut()
-                .as_mut()
-                .and_then(|fetcher| fetcher.sync(&mut self.shared.host()));
-            if let Some(installed) = adopted {
-                self.shared.install(installed);
-            }
-            if let Err(status) = host::set_tick_period_ms(tick) {
-                log::warn!(
-                    "graylane: the host refused a tick period (status {}): metrics and live rules are off",
-                    status.0
-                );
-            }
-        }
-        true
-    }
-
-    fn on_tick(&mut self) {
-        self.shared.flush_counts();
-        let installed = self
-            .shared
-            .fetcher
-            .borrow_mut()
-            .as_mut()
-            .and_then(|fetcher| fetcher.on_tick(&mut self.shared.host()));
-        if let Some(installed) = installed {
-            self.shared.install(installed);
-        }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(GraylaneRequest {
-            shared: Rc::clone(&self.shared),
-            waiting: false,
-        }))
-    }
-}
-
-/// Reads a callout's answer and hands it to the fetcher.
-fn answer_callout(shared: &Shared, token: u32, num_headers: usize, body_size: usize) {
-    let headers = if num_headers > 0 {
-        host::http_call_response_headers().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let mut response = CalloutResponse::default();
-    for (name, value) in parse_header_map(&headers).unwrap_or_default() {
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if name == ":status" {
-            response.status = std::str::from_utf8(value)
-                .ok()
-                .and_then(|text| text.parse().ok());
-        } else {
-            response.headers.push((name, value.to_vec()));
-        }
-    }
-    if response.status.is_some() {
-        response.body = host::http_call_response_body(body_size).unwrap_or_default();
-    }
-    let installed = shared
-        .fetcher
-        .borrow_mut()
-        .as_mut()
-        .and_then(|fetcher| fetcher.on_response(&mut shared.host(), token, &response));
-    if let Some(installed) = installed {
-        shared.install(installed);
-    }
-}
-
-struct GraylaneRequest {
-    shared: Rc<Shared>,
-    /// A refresh (APISIX mode) holds this request until it is answered.
+/// A request (HTTP context) in progress.
+struct RequestContext {
+    root: Rc<Root>,
+    /// Paused until a refresh it started is answered (APISIX mode).
     waiting: bool,
 }
 
-impl Context for GraylaneRequest {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        answer_callout(&self.shared, token, num_headers, body_size);
-        if self.waiting {
-            self.waiting = false;
-            if let Err(status) = host::resume_http_request() {
+/// Everything the VM keeps between callbacks. Each field is borrowed only
+/// for a lookup or an update, never while the host is called.
+#[derive(Default)]
+struct Vm {
+    roots: RefCell<Vec<Rc<Root>>>,
+    requests: RefCell<HashMap<u32, RequestContext, BuildHasherDefault<IdHasher>>>,
+    /// Callouts in flight: (token, context that sent it). Hosts that answer
+    /// on the root context (APISIX) are routed back to the request.
+    callouts: RefCell<Vec<(u32, u32)>>,
+    /// The context whose callback is running.
+    active: Cell<u32>,
+}
+
+thread_local! {
+    static VM: Vm = Vm::default();
+}
+
+/// Context ids are small distinct integers: a multiply spreads them.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*byte));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn root_by_id(vm: &Vm, id: u32) -> Option<Rc<Root>> {
+    vm.roots
+        .borrow()
+        .iter()
+        .find(|root| root.id() == id)
+        .cloned()
+}
+
+fn on_vm_start() {
+    install_logger();
+}
+
+fn on_context_create(context_id: u32, parent_context_id: u32) {
+    VM.with(|vm| {
+        vm.active.set(context_id);
+        if parent_context_id == 0 {
+            install_logger();
+            let mut roots = vm.roots.borrow_mut();
+            roots.retain(|root| root.id() != context_id);
+            roots.push(Rc::new(Root::new(context_id)));
+        } else if let Some(root) = root_by_id(vm, parent_context_id) {
+            vm.requests.borrow_mut().insert(
+                context_id,
+                RequestContext {
+                    root,
+                    waiting: false,
+                },
+            );
+        }
+    });
+}
+
+fn on_configure(root_context_id: u32, configuration_size: usize) -> bool {
+    let root = VM.with(|vm| {
+        vm.active.set(root_context_id);
+        root_by_id(vm, root_context_id)
+    });
+    root.is_some_and(|root| root.configure(configuration_size))
+}
+
+fn on_tick(root_context_id: u32) {
+    let root = VM.with(|vm| {
+        vm.active.set(root_context_id);
+        root_by_id(vm, root_context_id)
+    });
+    if let Some(root) = root {
+        root.tick();
+    }
+}
+
+fn on_request_headers(context_id: u32) -> Action {
+    let root = VM.with(|vm| {
+        vm.active.set(context_id);
+        vm.requests
+            .borrow()
+            .get(&context_id)
+            .map(|request| Rc::clone(&request.root))
+    });
+    let outcome = match root {
+        Some(root) => routing::on_request_headers(&root),
+        // A request of no root this VM knows: nothing to route it by.
+        None => routing::on_request_headers(&Root::new(0)),
+    };
+    match outcome {
+        Outcome::Continue => Action::Continue,
+        Outcome::Refused => Action::Pause,
+        Outcome::WaitForRefresh => {
+            VM.with(|vm| {
+                if let Some(request) = vm.requests.borrow_mut().get_mut(&context_id) {
+                    request.waiting = true;
+                }
+            });
+            Action::Pause
+        }
+    }
+}
+
+/// Most callouts remembered; past it the oldest is forgotten (a host that
+/// never answers a callout must not grow the table for ever; the fetcher
+/// gives up on it by itself).
+const MAX_CALLOUTS: usize = 64;
+
+/// Records which context sent the callout `token` (the one whose callback
+/// is running).
+fn note_callout(token: u32) {
+    VM.with(|vm| {
+        let sender = vm.active.get();
+        let mut callouts = vm.callouts.borrow_mut();
+        if callouts.len() >= MAX_CALLOUTS {
+            callouts.remove(0);
+        }
+        callouts.push((token, sender));
+    });
+}
+
+fn on_http_call_response(context_id: u32, token: u32, headers: usize, body_size: usize) {
+    // The sender, as recorded; else the context the host names.
+    let (sender, root, waiting) = VM.with(|vm| {
+        let sender = {
+            let mut callouts = vm.callouts.borrow_mut();
+            match callouts.iter().position(|(t, _)| *t == token) {
+                Some(at) => callouts.remove(at).1,
+                None => context_id,
+            }
+        };
+        vm.active.set(sender);
+        let request = vm
+            .requests
+            .borrow_mut()
+            .get_mut(&sender)
+            .map(|request| (Rc::clone(&request.root), std::mem::take(&mut request.waiting)));
+        match request {
+            Some((root, waiting)) => (sender, Some(root), waiting),
+            None => (sender, root_by_id(vm, sender), false),
+        }
+    });
+    let Some(root) = root else {
+        return;
+    };
+    // Read while the host's own context is in effect: the answer is there.
+    root.answer_callout(token, headers, body_size);
+    if waiting {
+        // The request to resume is not the context the answer came on.
+        if sender != context_id {
+            if let Err(status) = abi::set_effective_context(sender) {
                 log::warn!(
-                    "graylane: cannot resume the request after a refresh: host status {}",
-                    status.0
+                    "graylane: cannot switch to the waiting request: host status {}",
+                    status.code()
                 );
             }
         }
+        if let Err(status) = abi::continue_request() {
+            log::warn!(
+                "graylane: cannot resume the request after a refresh: host status {}",
+                status.code()
+            );
+        }
     }
 }
 
-impl HttpContext for GraylaneRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(compiled) = self.shared.current.borrow().clone() else {
-            // Not configured: the host refuses to run a filter whose
-            // on_configure failed, so this is only reachable through a host
-            // bug. Refuse rather than forward a client's own cluster header.
-            return self.refuse("graylane has no configuration");
-        };
-        let rules = &compiled.rules;
-        let buffer = match host::request_header_map() {
-            Ok(buffer) => buffer,
-            Err(status) => {
-                return self.refuse(&format!(
-                    "cannot read request headers: host status {}",
-                    status.0
-                ))
+fn on_delete(context_id: u32) {
+    let (request, root, abandoned) = VM.with(|vm| {
+        let mut abandoned = Vec::new();
+        vm.callouts.borrow_mut().retain(|(token, sender)| {
+            let mine = *sender == context_id;
+            if mine {
+                abandoned.push(*token);
             }
-        };
-        let Some(pairs) = parse_header_map(&buffer) else {
-            return self.refuse("the host's header map is malformed");
-        };
-        let source_address = if rules.needs_source_ip {
-            // Envoy's `source.address`; APISIX's wasm-nginx-module looks a
-            // property up as one nginx variable, where it is `remote_addr`.
-            host::property(&["source", "address"])
-                .ok()
-                .flatten()
-                .or_else(|| host::property(&["remote_addr"]).ok().flatten())
-        } else {
-            None
-        };
-        let request = Request::new(&pairs)
-            .with_source_ip(source_address.as_deref().map(ip_of_socket_address));
-
-        let mut sequence = self.shared.sequence.get();
-        let decision = decide(rules, &request, &mut sequence);
-        self.shared.sequence.set(sequence);
-
-        for edit in &decision.edits {
-            let applied = match edit {
-                HeaderEdit::Remove(name) => host::remove_request_header(name),
-                HeaderEdit::Set(name, value) => host::set_request_header(name, value),
-                HeaderEdit::SetOwned(name, value) => host::set_request_header(name, value),
-            };
-            if let Err(status) = applied {
-                // A header the plugin could not strip or set could let a
-                // client's own cluster choice through: stop the request.
-                return self.refuse(&format!(
-                    "cannot edit header {edit:?}: host status {}",
-                    status.0
-                ));
-            }
+            !mine
+        });
+        let request = vm.requests.borrow_mut().remove(&context_id);
+        let mut roots = vm.roots.borrow_mut();
+        let root = roots
+            .iter()
+            .position(|root| root.id() == context_id)
+            .map(|at| roots.swap_remove(at));
+        (request, root, abandoned)
+    });
+    // A request that goes (its client hung up) while it waits for a refresh
+    // takes the host's callout with it (APISIX): the fetcher hands the lease
+    // back at once, so the next request fetches instead of waiting out the
+    // timeout; hang-ups cannot stall a rule change. Out of every borrow.
+    if let Some(request) = &request {
+        for token in abandoned {
+            request.root.abandon_callout(token);
         }
-        if let (Some(service), Some(subset)) = (decision.service, decision.subset) {
-            compiled.counts.record(service, subset);
-        }
-        if self.shared.apisix_mode.get() {
-            // No ticks: the request that finds the rules due for a refresh
-            // fetches them, routed already by the rules in force, and goes on
-            // once the answer (or the timeout) is in.
-            let started = self
-                .shared
-                .fetcher
-                .borrow_mut()
-                .as_mut()
-                .is_some_and(|fetcher| fetcher.on_request(&mut self.shared.host()));
-            if started {
-                self.waiting = true;
-                return Action::Pause;
-            }
-        }
-        Action::Continue
     }
+    drop((request, root));
 }
 
-impl GraylaneRequest {
-    fn refuse(&self, why: &str) -> Action {
-        log::error!("graylane: {why}; answering 503");
-        if let Err(status) = proxy_wasm::hostcalls::send_http_response(
-            503,
-            vec![("x-graylane-error", "1")],
-            Some(b"graylane: routing unavailable\n"),
-        ) {
-            log::error!("graylane: cannot send the 503 either: {status:?}");
-        }
-        Action::Pause
-    }
-}
-
-/// The SDK's logger unwraps the host's answer to every log call; this one
-/// drops a line the host will not take instead of taking the worker down.
+/// Log lines go to the host's log; a line the host will not take is
+/// dropped, never a reason to stop.
 struct HostLogger;
 
 static LOGGER: HostLogger = HostLogger;
@@ -489,7 +275,7 @@ impl log::Log for HostLogger {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        let _ = proxy_wasm::hostcalls::log(level, &record.args().to_string());
+        let _ = abi::log(level, &record.args().to_string());
     }
 
     fn flush(&self) {}
@@ -498,8 +284,8 @@ impl log::Log for HostLogger {
 fn install_logger() {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
+        std::panic::set_hook(Box::new(|info| {
+            let _ = abi::log(LogLevel::Critical, &format!("graylane: {info}"));
+        }));
     }
-    std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("graylane: {info}"));
-    }));
 }

@@ -777,7 +777,7 @@ pub const CASES: &[Case] = &[
     case(
         "mirror: methods given: only those",
         MIRROR,
-        &[(b":authority", b"posts.example.com"), (b":method", b"post"), (b":path", b"/")],
+        &[(b":authority", b"posts.example.com"), (b":method", b"POST"), (b":path", b"/")],
         Some("p-stable"),
         &["x-graylane-cluster=p-stable", "x-graylane-mirror=p-shadow"],
     ),
