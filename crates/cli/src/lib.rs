@@ -339,6 +339,7 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
             })
             .collect();
         out.push_str(&format!("  {}: {}\n", service.name, subsets.join("; ")));
+        out.push_str(&explain::describe_rules(service));
     }
     Ok(out)
 }

@@ -4,7 +4,7 @@
 //! tool calls the very same function.
 
 use crate::request::Request;
-use crate::rules::{MatchEntry, Rules, Service, StickyKey, StringMatch};
+use crate::rules::{MatchEntry, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
 
 /// The outcome for one request.
@@ -44,6 +44,16 @@ pub enum Reason {
     /// Nothing claimed the request; `bucket` is set when a weight split was
     /// drawn and fell to the default.
     Default { bucket: Option<u32>, sticky: bool },
+    /// `rules[rule].match[entry]` held and the rule's split put the request
+    /// in `bucket` (drawn as for [`Reason::Weight`]; `None` when the split
+    /// gives everything to the default), owned by the chosen subset or, for
+    /// the rest, the default.
+    Rule {
+        rule: usize,
+        entry: usize,
+        bucket: Option<u32>,
+        sticky: bool,
+    },
 }
 
 impl<'r> Decision<'r> {
@@ -64,6 +74,12 @@ pub trait Trace {
     /// The weighted split looked for the sticky key and found this value
     /// (`None`: absent or empty).
     fn sticky(&mut self, _value: Option<&[u8]>) {}
+    /// Match entry `entry` of `rules[rule]` was tried, as for
+    /// [`Trace::entry`].
+    fn rule_entry(&mut self, _rule: usize, _entry: usize, _failed: Option<Condition>) {}
+    /// Service `service` fits the host and path and has `headers`:
+    /// `None` when they all held, else the position of the first that did not.
+    fn service_headers(&mut self, _service: usize, _failed: Option<usize>) {}
 }
 
 /// A trace that records nothing: what the plugin decides with.
@@ -81,6 +97,8 @@ pub enum Condition {
     Header(usize),
     Cookie(usize),
     Query(usize),
+    /// The entry's `not` held.
+    Not,
 }
 
 /// Decides one request. `sequence` supplies buckets for weighted splits when
@@ -122,6 +140,14 @@ pub fn decide_traced<'r>(
         &rules.services,
         host.as_deref().unwrap_or(""),
         request.path(),
+        |index, service| {
+            let failed = service
+                .headers
+                .iter()
+                .position(|c| !named_holds(c, request.header_values(&c.name)));
+            trace.service_headers(index, failed);
+            failed.is_none()
+        },
     );
     let Some((service_index, service)) = found.and_then(|i| rules.services.get(i).map(|s| (i, s)))
     else {
@@ -148,6 +174,9 @@ pub fn decide_traced<'r>(
                 rules.tag_header.as_str(),
                 subset.tag.as_str(),
             ));
+        }
+        for (name, value) in &subset.set_headers {
+            edits.push(HeaderEdit::Set(name.as_str(), value.as_str()));
         }
     }
     Decision {
@@ -180,6 +209,29 @@ fn choose_subset(
             }
         }
     }
+    for (rule_index, rule) in service.rules.iter().enumerate() {
+        for (position, entry) in rule.matches.iter().enumerate() {
+            let failed = first_failure(entry, request);
+            trace.rule_entry(rule_index, position, failed);
+            if failed.is_some() {
+                continue;
+            }
+            let (subset, bucket, sticky) = if rule.weights.is_empty() {
+                (service.default, None, false)
+            } else {
+                let (bucket, sticky) = draw(service, request, sequence, trace);
+                let owner = rule.weights.owner(bucket).unwrap_or(service.default);
+                (owner, Some(bucket), sticky)
+            };
+            let reason = Reason::Rule {
+                rule: rule_index,
+                entry: position,
+                bucket,
+                sticky,
+            };
+            return (subset, reason);
+        }
+    }
     if service.weights.is_empty() {
         return (
             service.default,
@@ -189,12 +241,7 @@ fn choose_subset(
             },
         );
     }
-    let key = sticky_key(service, request);
-    trace.sticky(key);
-    let (bucket, sticky) = match key {
-        Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
-        None => (sequence.next_bucket(), false),
-    };
+    let (bucket, sticky) = draw(service, request, sequence, trace);
     match service.weights.owner(bucket) {
         Some(index) => (index, Reason::Weight { bucket, sticky }),
         None => (
@@ -204,6 +251,22 @@ fn choose_subset(
                 sticky,
             },
         ),
+    }
+}
+
+/// A bucket for a weighted split: from the sticky key when the request has
+/// it, else from the worker's sequence. Whether it came from the key.
+fn draw(
+    service: &Service,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+    trace: &mut impl Trace,
+) -> (u32, bool) {
+    let key = sticky_key(service, request);
+    trace.sticky(key);
+    match key {
+        Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
+        None => (sequence.next_bucket(), false),
     }
 }
 
@@ -236,7 +299,7 @@ pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condit
         }
     }
     if let Some(path) = &entry.path {
-        if !path.matches(Some(request.path())) {
+        if path.matches(Some(request.path())) == entry.path_invert {
             return Some(Condition::Path);
         }
     }
@@ -251,22 +314,33 @@ pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condit
     if let Some(at) = entry
         .headers
         .iter()
-        .position(|c| !holds(&c.matcher, request.header_values(&c.name)))
+        .position(|c| !named_holds(c, request.header_values(&c.name)))
     {
         return Some(Condition::Header(at));
     }
     if let Some(at) = entry
         .cookies
         .iter()
-        .position(|c| !holds(&c.matcher, request.cookie_values(&c.name)))
+        .position(|c| !named_holds(c, request.cookie_values(&c.name)))
     {
         return Some(Condition::Cookie(at));
     }
-    entry
+    if let Some(at) = entry
         .query
         .iter()
-        .position(|c| !holds(&c.matcher, request.query_values(&c.name)))
-        .map(Condition::Query)
+        .position(|c| !named_holds(c, request.query_values(&c.name)))
+    {
+        return Some(Condition::Query(at));
+    }
+    match &entry.not {
+        Some(inner) if first_failure(inner, request).is_none() => Some(Condition::Not),
+        _ => None,
+    }
+}
+
+/// [`holds`], turned round by the condition's `invert`.
+fn named_holds<V: AsRef<[u8]>>(condition: &NamedMatch, values: impl Iterator<Item = V>) -> bool {
+    holds(&condition.matcher, values) != condition.invert
 }
 
 /// A named condition holds when any occurrence of the name matches, or, when
