@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -43,11 +43,7 @@ const RULES: &str = r#"{
 }"#;
 
 fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("expressive-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+    common::scratch_in("expressive-tests", name, text)
 }
 
 fn run_ok(args: &[&str]) -> String {
