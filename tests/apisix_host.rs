@@ -162,7 +162,13 @@ fn header_names(document: &str) -> (String, String) {
 /// in its own sequence.
 #[test]
 fn the_decision_table_routes_the_same_through_apisix_s_host() {
-    let documents = [table::CONTRACT, table::EDGE, table::KINDS, table::WEIGHTS];
+    let documents = [
+        table::CONTRACT,
+        table::EDGE,
+        table::KINDS,
+        table::WEIGHTS,
+        table::EXPRESSIVE,
+    ];
     let mut routes = Vec::new();
     for phase in [Phase::Rewrite, Phase::Access] {
         for document in documents {
