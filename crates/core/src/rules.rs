@@ -312,3 +312,33 @@ impl Service {
             .map_or(&self.weights, |rule| &rule.weights)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_numbers_as_requests_carry_them() {
+        for (text, want) in [
+            ("42", Some(42.0)),
+            ("-1.5", Some(-1.5)),
+            ("+7", Some(7.0)),
+            ("007.250", Some(7.25)),
+            ("", None),
+            ("-", None),
+            (".5", None),
+            ("5.", None),
+            ("1e3", None),
+            ("0x10", None),
+            ("inf", None),
+            ("NaN", None),
+            (" 5", None),
+            ("5 ", None),
+            ("1.2.3", None),
+            ("--1", None),
+        ] {
+            assert_eq!(decimal(text.as_bytes()), want, "{text:?}");
+        }
+        assert_eq!(decimal(b"\xff1"), None);
+    }
+}

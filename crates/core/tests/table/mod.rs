@@ -119,7 +119,9 @@ pub const EXPRESSIVE: &str = r#"{
         { "name": "notpath", "cluster": "c-notpath", "match": [ { "path": { "prefix": "/api", "invert": true }, "method": ["DELETE"] } ] },
         { "name": "negated", "cluster": "c-not", "match": [ { "headers": [ { "name": "x-not-test", "present": true } ],
             "not": { "headers": [ { "name": "x-a", "exact": "1" } ], "cookies": [ { "name": "b", "exact": "2" } ] } } ] },
-        { "name": "canary", "cluster": "c-canary", "weight": 10, "set_headers": { "x-lane": "canary" } }
+        { "name": "canary", "cluster": "c-canary", "weight": 10, "set_headers": { "x-lane": "canary" } },
+        { "name": "nested", "cluster": "c-nested", "match": [ { "headers": [ { "name": "x-n0", "present": true } ],
+            "not": { "headers": [ { "name": "x-n1", "present": true } ], "not": { "headers": [ { "name": "x-n2", "present": true } ] } } } ] }
       ],
       "rules": [
         { "match": [ { "headers": [ { "name": "x-app", "exact": "mobile" } ] } ], "split": [ { "subset": "canary", "weight": 30 } ] },
@@ -1144,6 +1146,48 @@ pub const CASES: &[Case] = &[
         ],
         Some("c-canary"),
         &["x-graylane-cluster=c-canary", "x-lane=canary"],
+    ),
+    case(
+        "nested not: x-n0 and not (x-n1 and not x-n2); x-n1 absent",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-nested"),
+        &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
+    ),
+    case(
+        "nested not: x-n1 without x-n2 makes the inner entry hold",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"x-n1", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "nested not: x-n2 turns the inner entry round again",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"x-n1", b""),
+            (b"x-n2", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-nested"),
+        &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
     ),
 ];
 
