@@ -279,3 +279,23 @@ fn simulate_a_rule_split_and_raising_its_weight_only_moves_users_in() {
     let moved = compared["moved"].as_u64().unwrap();
     assert!((1_700..=2_300).contains(&moved), "{compared}");
 }
+
+#[test]
+fn simulate_without_a_request_reaches_a_service_scoped_by_header() {
+    let file = scratch("per-service.json", RULES);
+    let split: Value = serde_json::from_str(&run_ok(&[
+        "simulate",
+        file.to_str().unwrap(),
+        "-n",
+        "100",
+        "--json",
+    ]))
+    .unwrap();
+    let gated = split["split"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subset"] == "gated/beta")
+        .unwrap();
+    assert_eq!(gated["requests"], 100, "{split}");
+}
