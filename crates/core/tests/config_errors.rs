@@ -169,6 +169,8 @@ fn refusals() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "services[0].subsets[0].set_headers", "must be an object, got a list"),
         ("set_headers empty", service_with_subsets(r#"[{"name":"stable","cluster":"s","set_headers":{}}]"#),
             "services[0].subsets[0].set_headers", "must set at least one header"),
+        ("set_headers with only a note", service_with_subsets(r#"[{"name":"stable","cluster":"s","set_headers":{"_why":"later"}}]"#),
+            "services[0].subsets[0].set_headers", "must set at least one header"),
         ("set_headers names the cluster header", service_with_subsets(r#"[{"name":"stable","cluster":"s","set_headers":{"X-Graylane-Cluster":"evil"}}]"#),
             "services[0].subsets[0].set_headers.X-Graylane-Cluster", "the cluster or the tag header"),
         ("set_headers names a custom tag header", r#"{"tag_header":"x-lane","services":[{"name":"b","default":"a","subsets":[{"name":"a","cluster":"c","set_headers":{"x-lane":"a"}}]}]}"#.into(),

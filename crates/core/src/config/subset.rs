@@ -88,7 +88,12 @@ fn read_set_headers(
     let Some(headers) = Object::new(node, &path, errors) else {
         return Vec::new();
     };
-    let members = headers.members();
+    // Keys starting with `_` are notes, as anywhere in the document.
+    let members: Vec<_> = headers
+        .members()
+        .iter()
+        .filter(|member| !member.key.starts_with('_'))
+        .collect();
     if members.is_empty() {
         errors.push(
             &path,
@@ -108,7 +113,7 @@ fn read_set_headers(
         return Vec::new();
     }
     let mut written: Vec<(String, String)> = Vec::new();
-    for member in members.iter().filter(|member| !member.key.starts_with('_')) {
+    for member in members {
         let field_path = path.key(&member.key);
         let lower = member.key.to_ascii_lowercase();
         let refusal = if let Err(reason) = check_written_header_name(&member.key) {
