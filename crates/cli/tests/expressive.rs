@@ -299,3 +299,21 @@ fn simulate_without_a_request_reaches_a_service_scoped_by_header() {
         .unwrap();
     assert_eq!(gated["requests"], 100, "{split}");
 }
+
+#[test]
+fn the_published_schema_accepts_the_new_fields() {
+    let schema = graylane_cli::schema::document_schema();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let document: Value = serde_json::from_str(RULES).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut wrong = document.clone();
+    wrong["services"][1]["rules"][0]["split"][0]["weight"] = serde_json::json!(101);
+    assert!(!validator.is_valid(&wrong));
+    let mut wrong = document;
+    wrong["services"][1]["subsets"][1]["match"][0]["headers"][0]["gt"] = serde_json::json!("5");
+    assert!(!validator.is_valid(&wrong));
+}
