@@ -179,6 +179,18 @@ pub const PIN: &str = r#"{
   ]
 }"#;
 
+/// A pin cookie with a rule's split: the rule draws the bucket, pins it,
+/// and takes a pinned one.
+pub const PIN_RULE: &str = r#"{
+  "services": [
+    { "name": "pr", "hosts": ["pin-rule.example.com"], "default": "stable", "sticky": { "header": "userid" },
+      "pin_cookie": { "name": "gl_pin", "secure": false },
+      "subsets": [ { "name": "stable", "cluster": "pr-stable" }, { "name": "canary", "cluster": "pr-canary" } ],
+      "rules": [ { "match": [ { "headers": [ { "name": "x-app", "exact": "mobile" } ] } ],
+                   "split": [ { "subset": "canary", "weight": 50 } ] } ] }
+  ]
+}"#;
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -1368,6 +1380,27 @@ pub const CASES: &[Case] = &[
         ],
         Some("c-nested"),
         &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
+    ),
+    case(
+        "pin and rule: a rule's draw without a key is pinned (bucket 712)",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/"), (b"x-app", b"mobile")],
+        Some("pr-canary"),
+        &["x-graylane-cluster=pr-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
+    ),
+    case(
+        "pin and rule: the rule takes a pinned bucket (9000: the default's) and sets none",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/"), (b"x-app", b"mobile"), (b"cookie", b"gl_pin=9000")],
+        Some("pr-stable"),
+        &["x-graylane-cluster=pr-stable"],
+    ),
+    case(
+        "pin and rule: without the rule's match nothing is drawn or pinned",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/")],
+        Some("pr-stable"),
+        &["x-graylane-cluster=pr-stable"],
     ),
 ];
 
