@@ -763,6 +763,198 @@ fn sticky_split_keeps_users_and_raising_the_weight_only_moves_users_in() {
     after.envoy.assert_no_wasm_errors();
 }
 
+/// Issue 19: a service scoped by header, comparisons, `in`, `invert`, `not`,
+/// rules with a split of their own and headers set per subset.
+fn expressive_document() -> Value {
+    let on = |name: &str, entry: Value| json!({"name": name, "cluster": format!("e-{name}"), "match": [entry]});
+    json!({"services": [
+        {
+            "name": "gated",
+            "hosts": ["e.test"],
+            "headers": [
+                {"name": "x-env", "exact": "beta"},
+                {"name": "x-block", "present": true, "invert": true}
+            ],
+            "default": "beta",
+            "subsets": [{"name": "beta", "cluster": "e-gated", "set_headers": {"x-lane": "base-gated"}}]
+        },
+        {
+            "name": "main",
+            "hosts": ["e.test"],
+            "default": "stable",
+            "sticky": {"header": "userid"},
+            "subsets": [
+                {"name": "stable", "cluster": "e-stable", "set_headers": {"x-lane": "base", "X-Extra": "1"}},
+                on("num", json!({"headers": [{"name": "x-version", "gt": 5}, {"name": "x-version", "le": 10.5}]})),
+                on("low", json!({"query": [{"name": "v", "lt": 0}]})),
+                on("listed", json!({"headers": [{"name": "x-region", "in": ["eu-1", "eu-2"]}]})),
+                on("inv", json!({"path": {"prefix": "/inv"}, "headers": [{"name": "x-team", "exact": "core", "invert": true}]})),
+                on("notpath", json!({"path": {"prefix": "/api", "invert": true}, "method": ["DELETE"]})),
+                on("neg", json!({
+                    "headers": [{"name": "x-not-test", "present": true}],
+                    "not": {"headers": [{"name": "x-a", "exact": "1"}], "cookies": [{"name": "b", "exact": "2"}]}
+                })),
+                {"name": "canary", "cluster": "e-canary", "set_headers": {"x-lane": "canary"}}
+            ],
+            "rules": [
+                {"match": [{"headers": [{"name": "x-app", "exact": "mobile"}]}],
+                 "split": [{"subset": "canary", "weight": 30}]},
+                {"match": [{"headers": [{"name": "x-app", "exact": "all-in"}]}],
+                 "split": [{"subset": "canary", "weight": 100}]}
+            ]
+        }
+    ]})
+}
+
+#[test]
+fn rules_comparisons_negation_service_headers_and_set_headers_route_in_envoy() {
+    let document = expressive_document();
+    let gateway = Gateway::start("expressive", &document);
+    let e = |target: &str| {
+        Request::get(target)
+            .host("e.test")
+            .header("userid", "user-0")
+    };
+    assert_routes(
+        &gateway,
+        &[
+            (
+                "service headers hold",
+                e("/").header("x-env", "beta"),
+                "e-gated",
+            ),
+            (
+                "service headers: the inverted present fails",
+                e("/").header("x-env", "beta").header("x-block", "1"),
+                "e-stable",
+            ),
+            (
+                "service headers: other value",
+                e("/").header("x-env", "prod"),
+                "e-stable",
+            ),
+            ("gt and le", e("/").header("x-version", "7"), "e-num"),
+            (
+                "le at its bound",
+                e("/").header("x-version", "10.5"),
+                "e-num",
+            ),
+            (
+                "gt at its bound",
+                e("/").header("x-version", "5"),
+                "e-stable",
+            ),
+            (
+                "no decimal number",
+                e("/").header("x-version", "7beta"),
+                "e-stable",
+            ),
+            ("lt on a query parameter", e("/?v=-2"), "e-low"),
+            ("lt, miss", e("/?v=0"), "e-stable"),
+            ("in", e("/").header("x-region", "eu-2"), "e-listed"),
+            ("in, miss", e("/").header("x-region", "us-1"), "e-stable"),
+            (
+                "inverted header, other value",
+                e("/inv").header("x-team", "edge"),
+                "e-inv",
+            ),
+            ("inverted header, absent", e("/inv"), "e-inv"),
+            (
+                "inverted header, the value",
+                e("/inv").header("x-team", "core"),
+                "e-stable",
+            ),
+            (
+                "inverted path",
+                Request::new("DELETE", "/other")
+                    .host("e.test")
+                    .header("userid", "user-0"),
+                "e-notpath",
+            ),
+            (
+                "inverted path, miss",
+                Request::new("DELETE", "/api/x")
+                    .host("e.test")
+                    .header("userid", "user-0"),
+                "e-stable",
+            ),
+            (
+                "not: inner entry fails",
+                e("/").header("x-not-test", "1").header("x-a", "1"),
+                "e-neg",
+            ),
+            (
+                "not: inner entry holds",
+                e("/")
+                    .header("x-not-test", "1")
+                    .header("x-a", "1")
+                    .header("cookie", "b=2"),
+                "e-stable",
+            ),
+            (
+                "rule with weight 100",
+                e("/").header("x-app", "all-in"),
+                "e-canary",
+            ),
+            (
+                "subset matches before rules",
+                e("/").header("x-app", "all-in").header("x-region", "eu-1"),
+                "e-listed",
+            ),
+        ],
+    );
+
+    // set_headers: on the default too, replacing what the client sent.
+    let mut client = gateway.client();
+    let echo = client.send(&e("/").header("x-lane", "spoofed")).echo();
+    assert_eq!(echo.backend, "e-stable");
+    assert_eq!(echo.header_values("x-lane"), ["base"]);
+    assert_eq!(echo.header("x-extra"), Some("1"));
+    assert_eq!(echo.header("x-gray-tag"), None);
+    let echo = client
+        .send(&e("/").header("x-app", "all-in").header("x-lane", "spoofed"))
+        .echo();
+    assert_eq!(echo.backend, "e-canary");
+    assert_eq!(echo.header_values("x-lane"), ["canary"]);
+    assert_eq!(echo.header("x-gray-tag"), Some("canary"));
+    assert_eq!(echo.header("x-extra"), None);
+    let echo = client.send(&e("/").header("x-env", "beta")).echo();
+    assert_eq!(echo.header("x-lane"), Some("base-gated"));
+
+    // A rule's sticky split: about 30% of mobile users, each where the
+    // library puts them, and the same on a second pass.
+    let users = 1_000;
+    let mobile = |i: usize| {
+        Request::get("/")
+            .host("e.test")
+            .header("x-app", "mobile")
+            .header("userid", &format!("user-{}", i % users))
+    };
+    let echoes = send_many(&gateway, 2 * users, 3, mobile);
+    for user in 0..users {
+        let (first, second) = (&echoes[user], &echoes[user + users]);
+        assert_eq!(first.backend, second.backend, "user {user} changed subset");
+        let expected = native_cluster(
+            &document,
+            "e.test",
+            &[("x-app", "mobile"), ("userid", &format!("user-{user}"))],
+        );
+        assert_eq!(
+            first.backend, expected,
+            "user {user}: the plugin and the library disagree"
+        );
+    }
+    let canary = echoes[..users]
+        .iter()
+        .filter(|e| e.backend == "e-canary")
+        .count();
+    assert!(
+        (250..=350).contains(&canary),
+        "{canary} of {users} mobile users on the canary"
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}
+
 #[test]
 fn a_refused_configuration_stops_envoy_and_names_the_field() {
     let weight_over_100 = json!({"services": [{

@@ -17,6 +17,10 @@ pub struct Recorded {
     pub tried: Vec<(usize, usize, Option<Condition>)>,
     /// `Some(value)` when the weighted split looked for the sticky key.
     pub sticky: Option<Option<String>>,
+    /// (rule, entry, the condition that failed).
+    pub rules_tried: Vec<(usize, usize, Option<Condition>)>,
+    /// (service, the position of its first header condition that failed).
+    pub services_tried: Vec<(usize, Option<usize>)>,
 }
 
 impl Trace for Recorded {
@@ -30,6 +34,14 @@ impl Trace for Recorded {
 
     fn sticky(&mut self, value: Option<&[u8]>) {
         self.sticky = Some(value.map(lossy));
+    }
+
+    fn rule_entry(&mut self, rule: usize, entry: usize, failed: Option<Condition>) {
+        self.rules_tried.push((rule, entry, failed));
+    }
+
+    fn service_headers(&mut self, service: usize, failed: Option<usize>) {
+        self.services_tried.push((service, failed));
     }
 }
 
@@ -50,29 +62,92 @@ pub fn describe_match(matcher: &StringMatch) -> String {
         StringMatch::Regex(r) => format!("regex {:?}", r.as_str()),
         StringMatch::Present(true) => "present".into(),
         StringMatch::Present(false) => "absent".into(),
+        StringMatch::Greater(n) => format!("gt {n}"),
+        StringMatch::GreaterOrEqual(n) => format!("ge {n}"),
+        StringMatch::Less(n) => format!("lt {n}"),
+        StringMatch::LessOrEqual(n) => format!("le {n}"),
+        StringMatch::In(values) => format!(
+            "in [{}]",
+            values
+                .iter()
+                .map(|v| format!("{:?}", lossy(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
+}
+
+/// A named condition in words: `header x-k exact "a"`, `not header …` when
+/// inverted.
+pub fn describe_named(what: &str, condition: &NamedMatch) -> String {
+    let not = if condition.invert { "not " } else { "" };
+    format!(
+        "{not}{what} {} {}",
+        condition.name,
+        describe_match(&condition.matcher)
+    )
+}
+
+fn describe_path(entry: &MatchEntry) -> Option<String> {
+    let path = entry.path.as_ref()?;
+    let not = if entry.path_invert { "not " } else { "" };
+    Some(format!("{not}path {}", describe_match(path)))
+}
+
+fn describe_not(entry: &MatchEntry) -> Option<String> {
+    let inner = entry.not.as_ref()?;
+    Some(format!("not ({})", describe_entry(inner).join(" and ")))
 }
 
 /// The conditions of a match entry, in words.
 pub fn describe_entry(entry: &MatchEntry) -> Vec<String> {
     let named = |what: &str, list: &[NamedMatch]| -> Vec<String> {
-        list.iter()
-            .map(|c| format!("{what} {} {}", c.name, describe_match(&c.matcher)))
-            .collect()
+        list.iter().map(|c| describe_named(what, c)).collect()
     };
     let mut conditions = named("header", &entry.headers);
     conditions.extend(named("cookie", &entry.cookies));
     if let Some(regex) = &entry.cookie_regex {
         conditions.push(format!("cookie_regex {:?}", regex.as_str()));
     }
-    if let Some(path) = &entry.path {
-        conditions.push(format!("path {}", describe_match(path)));
-    }
+    conditions.extend(describe_path(entry));
     conditions.extend(named("query", &entry.query));
     if !entry.methods.is_empty() {
         conditions.push(format!("method {}", entry.methods.join(" or ")));
     }
+    conditions.extend(describe_not(entry));
     conditions
+}
+
+/// A service's header conditions and rules, a line each, for `graylane
+/// check`: `    headers: header x-env exact "beta"`, `    rules[0]: 1 match
+/// entry -> canary 30.00%, stable the rest`.
+pub fn describe_rules(service: &Service) -> String {
+    let mut out = String::new();
+    if !service.headers.is_empty() {
+        let held: Vec<String> = service
+            .headers
+            .iter()
+            .map(|c| describe_named("header", c))
+            .collect();
+        let _ = writeln!(out, "    headers: {}", held.join(" and "));
+    }
+    let name = |index: usize| service.subsets.get(index).map_or("?", |s| s.name.as_str());
+    for (position, rule) in service.rules.iter().enumerate() {
+        let mut split: Vec<String> = rule
+            .split
+            .iter()
+            .map(|(subset, weight)| format!("{} {}", name(*subset), percent(*weight)))
+            .collect();
+        split.push(format!("{} the rest", name(service.default)));
+        let entries = rule.matches.len();
+        let _ = writeln!(
+            out,
+            "    rules[{position}]: {entries} match {} -> {}",
+            if entries == 1 { "entry" } else { "entries" },
+            split.join(", ")
+        );
+    }
+    out
 }
 
 fn describe_edits(edits: &[HeaderEdit<'_>]) -> Vec<String> {
@@ -99,16 +174,13 @@ fn sticky_key_name(service: &Service) -> String {
 /// The condition of `entry` that `failed`, in words.
 fn describe_condition(entry: &MatchEntry, failed: Condition) -> String {
     let named = |what: &str, list: &[NamedMatch], at: usize| {
-        list.get(at).map_or_else(String::new, |c| {
-            format!("{what} {} {}", c.name, describe_match(&c.matcher))
-        })
+        list.get(at)
+            .map_or_else(String::new, |c| describe_named(what, c))
     };
     match failed {
         Condition::Method => format!("method {}", entry.methods.join(" or ")),
-        Condition::Path => entry
-            .path
-            .as_ref()
-            .map_or_else(String::new, |p| format!("path {}", describe_match(p))),
+        Condition::Path => describe_path(entry).unwrap_or_default(),
+        Condition::Not => describe_not(entry).unwrap_or_default(),
         Condition::CookieRegex => entry
             .cookie_regex
             .as_ref()
@@ -164,15 +236,34 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
                 }
             ),
         );
+        for (position, text) in services_passed_over(rules, &recorded, usize::MAX)
+            .iter()
+            .enumerate()
+        {
+            line(if position == 0 { "tried" } else { "" }, text);
+        }
         return out;
     };
     let service_path = format!("services[{service_index}]");
-    line("service", &format!("{} ({service_path})", service.name));
+    let scope = if service.headers.is_empty() {
+        String::new()
+    } else {
+        let held: Vec<String> = service
+            .headers
+            .iter()
+            .map(|c| describe_named("header", c))
+            .collect();
+        format!("; its headers held: {}", held.join(" and "))
+    };
+    line(
+        "service",
+        &format!("{} ({service_path}{scope})", service.name),
+    );
 
     let reason_lines = reasons(rules, service, &service_path, &decision, &recorded);
     let drawn = drawn_from_sequence(&decision);
     if drawn {
-        let outcomes = outcomes(rules, service, spec);
+        let outcomes = outcomes(rules, service, spec, rule_of(&decision));
         line(
             "subset",
             &format!(
@@ -219,26 +310,27 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     for (position, reason) in reason_lines.iter().enumerate() {
         line(if position == 0 { "why" } else { "" }, reason);
     }
-    let failed: Vec<String> = recorded
-        .tried
-        .iter()
-        .filter_map(|(subset, entry, failed)| {
-            let condition = service
-                .subsets
-                .get(*subset)
-                .and_then(|s| s.matches.get(*entry))
-                .zip(*failed)
-                .map(|(entry, failed)| describe_condition(entry, failed))?;
-            Some(format!(
-                "{service_path}.subsets[{subset}].match[{entry}]: {condition} did not hold"
-            ))
-        })
-        .collect();
+    let mut failed = services_passed_over(rules, &recorded, service_index);
+    let subset_entries = |subset: usize| service.subsets.get(subset).map(|s| s.matches.as_slice());
+    let rule_entries = |rule: usize| service.rules.get(rule).map(|r| r.matches.as_slice());
+    failed.extend(did_not_hold(
+        &recorded.tried,
+        &format!("{service_path}.subsets"),
+        subset_entries,
+    ));
+    failed.extend(did_not_hold(
+        &recorded.rules_tried,
+        &format!("{service_path}.rules"),
+        rule_entries,
+    ));
     for (position, text) in failed.iter().take(MAX_TRIED_SHOWN).enumerate() {
         line(if position == 0 { "tried" } else { "" }, text);
     }
     if failed.len() > MAX_TRIED_SHOWN {
-        line("", &format!("… and {} more", failed.len() - MAX_TRIED_SHOWN));
+        line(
+            "",
+            &format!("… and {} more", failed.len() - MAX_TRIED_SHOWN),
+        );
     }
     if let Some(mirror) = &service.mirror {
         let target = service.subsets.get(mirror.subset);
@@ -264,8 +356,13 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
             ),
         );
     }
-    if !service.weight_table().is_empty() {
-        for (position, (first, last, subset)) in service.bucket_layout().into_iter().enumerate() {
+    let rule = rule_of(&decision);
+    let split_table = match rule.and_then(|r| service.rules.get(r)) {
+        Some(rule) => rule.weight_table(),
+        None => service.weight_table(),
+    };
+    if !split_table.is_empty() {
+        for (position, (first, last, subset)) in service.layout_of(rule).into_iter().enumerate() {
             let name = service.subsets.get(subset).map_or("?", |s| s.name.as_str());
             let default_note = if subset == service.default {
                 " (default: the rest)"
@@ -282,6 +379,59 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
         }
     }
     out
+}
+
+/// The tried entries (of subsets or of rules, found by `entries`) that
+/// failed, each with the condition it failed on: `{list}[i].match[j]: …`.
+fn did_not_hold<'s>(
+    tried: &[(usize, usize, Option<Condition>)],
+    list: &str,
+    entries: impl Fn(usize) -> Option<&'s [MatchEntry]>,
+) -> Vec<String> {
+    tried
+        .iter()
+        .filter_map(|(owner, entry, failed)| {
+            let condition = entries(*owner)
+                .and_then(|list| list.get(*entry))
+                .zip(*failed)
+                .map(|(entry, failed)| describe_condition(entry, failed))?;
+            Some(format!(
+                "{list}[{owner}].match[{entry}]: {condition} did not hold"
+            ))
+        })
+        .collect()
+}
+
+/// The rule that decided, when one did.
+fn rule_of(decision: &Decision<'_>) -> Option<usize> {
+    match decision.reason {
+        Reason::Rule { rule, .. } => Some(rule),
+        _ => None,
+    }
+}
+
+/// Services before `chosen` (all, for `usize::MAX`) that fit the host and
+/// path but whose `headers` did not hold, in words.
+fn services_passed_over(rules: &Rules, recorded: &Recorded, chosen: usize) -> Vec<String> {
+    let mut seen: Vec<usize> = Vec::new();
+    let mut lines = Vec::new();
+    for (index, failed) in &recorded.services_tried {
+        let (Some(at), true) = (failed, *index < chosen && !seen.contains(index)) else {
+            continue;
+        };
+        seen.push(*index);
+        if let Some(service) = rules.services.get(*index) {
+            let condition = service
+                .headers
+                .get(*at)
+                .map_or_else(String::new, |c| describe_named("header", c));
+            lines.push(format!(
+                "services[{index}] ({}): its headers[{at}], {condition}, did not hold",
+                service.name
+            ));
+        }
+    }
+    lines
 }
 
 fn reasons(
@@ -326,44 +476,91 @@ fn reasons(
             ));
             why.push("(tags are tried first, then match entries in subset order)".into());
         }
+        Reason::Rule {
+            rule,
+            entry,
+            bucket,
+            sticky,
+        } => {
+            let conditions = service
+                .rules
+                .get(*rule)
+                .and_then(|r| r.matches.get(*entry))
+                .map(describe_entry)
+                .unwrap_or_default();
+            why.push(format!(
+                "rule: {service_path}.rules[{rule}].match[{entry}] held: {}; its split decides (the rest goes to the default)",
+                conditions.join(" and ")
+            ));
+            why.push("(tags are tried first, then the subsets' match entries, then rules in order, then the service's weights)".into());
+            match bucket {
+                Some(bucket) => why.extend(bucket_reasons(service, Some(*rule), recorded, *bucket, *sticky, subset_name)),
+                None => why.push(format!("the rule's split gives nothing to any subset: {subset_name}, the default, takes it")),
+            }
+        }
         Reason::Weight { bucket, sticky }
         | Reason::Default {
             bucket: Some(bucket),
             sticky,
-        } => {
-            let key = sticky_key_name(service);
-            let value = recorded.sticky.clone().flatten();
-            let owner = service
-                .bucket_layout()
-                .into_iter()
-                .find(|(first, last, _)| (*first..=*last).contains(bucket));
-            let range = owner.map_or(String::new(), |(first, last, _)| {
-                format!("buckets {first}-{last} belong to {subset_name}")
-            });
-            if *sticky {
-                why.push(format!(
-                    "weight, sticky: no tag or match entry claimed it; the sticky key ({key}) is {:?}, which hashes with the service name to bucket {bucket} of {BUCKETS}; {range}",
-                    value.unwrap_or_default()
-                ));
-                why.push(
-                    "the same key always gets this bucket, on every gateway; raising a weight only moves keys into the raised subset".into(),
-                );
-            } else {
-                let missing = match &service.sticky {
-                    None => "the service has no sticky key".to_string(),
-                    Some(_) => format!("the request has no sticky key ({key})"),
-                };
-                why.push(format!(
-                    "weight, not sticky: no tag or match entry claimed it and {missing}, so the bucket comes from the gateway worker's own sequence and differs from request to request"
-                ));
-                why.push(format!(
-                    "one draw here gave bucket {bucket} of {BUCKETS}: {range}; over many requests the split is within a point of the weights"
-                ));
-            }
-        }
+        } => why.extend(bucket_reasons(
+            service,
+            None,
+            recorded,
+            *bucket,
+            *sticky,
+            subset_name,
+        )),
         Reason::Default { bucket: None, .. } => why.push(format!(
             "default: no tag, no match entry, and no subset has a weight, so {subset_name} takes it"
         )),
+    }
+    why
+}
+
+/// Why a weighted split (the service's, or `rules[rule]`'s) gave `bucket`
+/// to `subset_name`.
+fn bucket_reasons(
+    service: &Service,
+    rule: Option<usize>,
+    recorded: &Recorded,
+    bucket: u32,
+    sticky: bool,
+    subset_name: &str,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    let (label, claimed) = if rule.is_some() {
+        ("rule split", "")
+    } else {
+        ("weight", "no tag, match entry or rule claimed it; ")
+    };
+    let key = sticky_key_name(service);
+    let value = recorded.sticky.clone().flatten();
+    let owner = service
+        .layout_of(rule)
+        .into_iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&bucket));
+    let range = owner.map_or(String::new(), |(first, last, _)| {
+        format!("buckets {first}-{last} belong to {subset_name}")
+    });
+    if sticky {
+        why.push(format!(
+            "{label}, sticky: {claimed}the sticky key ({key}) is {:?}, which hashes with the service name to bucket {bucket} of {BUCKETS}; {range}",
+            value.unwrap_or_default()
+        ));
+        why.push(
+            "the same key always gets this bucket, on every gateway; raising a weight only moves keys into the raised subset".into(),
+        );
+    } else {
+        let missing = match &service.sticky {
+            None => "the service has no sticky key".to_string(),
+            Some(_) => format!("the request has no sticky key ({key})"),
+        };
+        why.push(format!(
+            "{label}, not sticky: {claimed}{missing}, so the bucket comes from the gateway worker's own sequence and differs from request to request"
+        ));
+        why.push(format!(
+            "one draw here gave bucket {bucket} of {BUCKETS}: {range}; over many requests the split is within a point of the weights"
+        ));
     }
     why
 }
@@ -378,8 +575,14 @@ pub struct Outcome {
 
 /// The outcomes of the weighted split for this request, each found by
 /// running the decision itself until a bucket of that subset was drawn.
-pub fn outcomes(rules: &Rules, service: &Service, spec: &RequestSpec) -> Vec<Outcome> {
-    let shares = service.shares();
+/// `rule`: the rule whose split decides, else the service's weights.
+pub fn outcomes(
+    rules: &Rules,
+    service: &Service,
+    spec: &RequestSpec,
+    rule: Option<usize>,
+) -> Vec<Outcome> {
+    let shares = service.shares_of(rule);
     let mut found: Vec<Option<Outcome>> = service.subsets.iter().map(|_| None).collect();
     let mut sequence = WeylSequence::new(0);
     // The sequence visits every bucket within a few tens of thousands of

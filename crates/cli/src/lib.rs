@@ -10,6 +10,7 @@
 pub mod document;
 pub mod envoy;
 pub mod explain;
+pub mod import;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod yaml;
@@ -102,6 +103,25 @@ enum Command {
             graylane simulate --compare old.json new.json --host b.example.com --path /api/b --users 10000"
     )]
     Simulate(SimulateArgs),
+    /// Translate a peer gateway's canary rules into a graylane document
+    #[command(
+        long_about = "Translate a peer gateway's canary rules into a graylane document, printed on standard output \
+            and compiled with the plugin's own compiler first.\n\n\
+            apisix FILE: an APISIX route (JSON or YAML, or an Admin API answer) with the traffic-split plugin.\n\
+            ingress-nginx FILE: a YAML stream with a mainline Ingress and its canary Ingress.\n\n\
+            Everything that could not be translated is listed on standard error, and the exit code is then 1 \
+            (the document is printed all the same) unless --lossy; notes on what is said differently follow \"note:\"."
+    )]
+    Import {
+        /// The peer whose configuration FILE holds
+        #[arg(value_enum)]
+        peer: import::Peer,
+        /// The peer's configuration
+        file: PathBuf,
+        /// Exit 0 even when something could not be translated
+        #[arg(long)]
+        lossy: bool,
+    },
     /// Print a ready Envoy config (YAML) that loads the plugin with these rules
     #[command(
         long_about = "Print a ready Envoy configuration (YAML) for these rules: the wasm filter with the rules \
@@ -334,6 +354,9 @@ where
             };
         }
     };
+    if let Command::Import { peer, file, lossy } = &cli.command {
+        return import::run(*peer, file, *lossy, stdout, stderr);
+    }
     let outcome = match cli.command {
         Command::Check { file, quiet } => check(&file, quiet),
         Command::Explain {
@@ -346,6 +369,7 @@ where
         Command::Schema => Ok(schema::document_schema_text()),
         #[cfg(feature = "image")]
         Command::Image(command) => image_command(command, stderr),
+        Command::Import { .. } => return EXIT_USAGE,
     };
     match outcome {
         Ok(output) => {
@@ -426,6 +450,7 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
             })
             .collect();
         out.push_str(&format!("  {}: {}\n", service.name, subsets.join("; ")));
+        out.push_str(&explain::describe_rules(service));
     }
     Ok(out)
 }

@@ -189,13 +189,18 @@ pub fn drawn_from_sequence(decision: &Decision<'_>) -> bool {
                 bucket: Some(_),
                 sticky: false
             }
+            | Reason::Rule {
+                bucket: Some(_),
+                sticky: false,
+                ..
+            }
     )
 }
 
 /// The decision as JSON, in the form of the `expect` objects of
 /// `tests/data/requests.jsonl`: `service`, `subset`, `cluster` (null when no
-/// service claims the request), `reason` (`tag`, `match`, `weight`,
-/// `default` or `none`), `entry` for a match, `bucket` and `sticky` when a
+/// service claims the request), `reason` (`tag`, `match`, `rule`, `weight`,
+/// `default` or `none`), `entry` for a match (and `rule` with it for a rule), `bucket` and `sticky` when a
 /// weight split was drawn, `edits` as the plugin applies them
 /// (`["remove", name]`, `["set", name, value]`), and `upstream_tag`: the tag
 /// header the upstream receives after the edits.
@@ -229,6 +234,20 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
             }
         }
         Reason::Default { bucket: None, .. } => "default",
+        Reason::Rule {
+            rule,
+            entry,
+            bucket,
+            sticky,
+        } => {
+            outcome.insert("rule".into(), json!(rule));
+            outcome.insert("entry".into(), json!(entry));
+            if let Some(bucket) = bucket {
+                outcome.insert("bucket".into(), json!(bucket));
+                outcome.insert("sticky".into(), json!(sticky));
+            }
+            "rule"
+        }
     };
     outcome.insert("reason".into(), json!(reason));
     let edits: Vec<Value> = decision

@@ -73,6 +73,10 @@ fn string_match_properties() -> Map<String, Value> {
     for kind in MATCH_KINDS {
         let schema = match *kind {
             "present" => json!({"type": "boolean", "description": "whether the value is there at all"}),
+            "gt" | "ge" | "lt" | "le" => json!({"type": "number",
+                "description": format!("{kind}: the value read as a decimal number; a value that is none does not match")}),
+            "in" => json!({"type": "array", "minItems": 1, "items": {"type": "string"},
+                "description": "equal to one of these"}),
             "regex" => json!({"type": "string", "minLength": 1,
                 "description": "Rust regex syntax, found anywhere in the value (anchor with ^…$)"}),
             other => json!({"type": "string", "description": format!("{other} comparison on the bytes")}),
@@ -80,6 +84,15 @@ fn string_match_properties() -> Map<String, Value> {
         properties.insert((*kind).to_string(), schema);
     }
     properties
+}
+
+/// `invert`, beside a string match: the condition holds when it would not.
+fn invert() -> (&'static str, Value) {
+    (
+        "invert",
+        json!({"type": "boolean", "default": false,
+            "description": "the condition holds when it would not (a missing name then holds)"}),
+    )
 }
 
 /// Exactly one string-match kind, beside `extra` properties.
@@ -106,11 +119,14 @@ fn named_matches(what: &str) -> Value {
         "description": format!("conditions on {what}; all must hold"),
         "items": string_match(
             &format!("one condition on {what}"),
-            &[("name", non_empty_string("the name"))],
+            &[("name", non_empty_string("the name")), invert()],
             &["name"],
         ),
     })
 }
+
+/// Where the match entry's schema stands, for `not` and `rules[].match`.
+const MATCH_ENTRY_REF: &str = "#/properties/services/items/properties/subsets/items/properties/match/items";
 
 fn match_entry() -> Value {
     let mut entry = closed(
@@ -121,7 +137,8 @@ fn match_entry() -> Value {
             "query": named_matches("form-decoded query parameters"),
             "cookie_regex": {"type": "string", "minLength": 1,
                 "description": "a regex over the whole Cookie header"},
-            "path": string_match("a string match on the path without the query", &[], &[]),
+            "path": string_match("a string match on the path without the query", &[invert()], &[]),
+            "not": {"$ref": MATCH_ENTRY_REF, "description": "an entry that must not hold"},
             "method": {"type": "array", "minItems": 1,
                 "items": {"type": "string", "pattern": "^[A-Za-z_-]+$"},
                 "description": "HTTP methods, compared case-insensitively"},
@@ -129,7 +146,7 @@ fn match_entry() -> Value {
         &[],
     );
     if let Some(object) = entry.as_object_mut() {
-        let conditions = ["headers", "cookies", "query", "cookie_regex", "path", "method"];
+        let conditions = ["headers", "cookies", "query", "cookie_regex", "path", "method", "not"];
         let any: Vec<Value> = conditions.iter().map(|c| json!({"required": [c]})).collect();
         object.insert("anyOf".into(), Value::Array(any));
     }
@@ -150,6 +167,10 @@ fn subset() -> Value {
             "canary": {"type": "boolean", "description": "registry label, informational"},
             "bluegreen": {"type": "string", "pattern": "^([Bb][Ll][Uu][Ee]|[Gg][Rr][Ee][Ee][Nn])$",
                 "description": "registry label, informational"},
+            "set_headers": {"type": "object", "minProperties": 1,
+                "propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"},
+                "additionalProperties": header_value("the value written"),
+                "description": "headers written on every request routed to this subset, the default included"},
             "mirror": closed(
                 "this subset receives a copy of a share of the requests the service's other subsets serve",
                 json!({
@@ -191,6 +212,24 @@ fn service() -> Value {
                 "description": "plain prefix of the path"},
             "default": non_empty_string("the subset taking what nothing else claimed"),
             "sticky": sticky(),
+            "headers": named_matches("request headers that must all hold for the service to claim a request"),
+            "rules": {"type": "array", "minItems": 1,
+                "description": "tried after the subsets' match entries: the first rule with a matching entry splits the request",
+                "items": closed(
+                    "match entries with a split of their own; the rest goes to the default",
+                    json!({
+                        "match": {"type": "array", "minItems": 1, "items": {"$ref": MATCH_ENTRY_REF}},
+                        "split": {"type": "array", "items": closed(
+                            "a share of the requests the rule selects",
+                            json!({
+                                "subset": non_empty_string("a subset of this service, not the default"),
+                                "weight": {"type": "number", "minimum": 0, "maximum": 100},
+                            }),
+                            &["subset", "weight"],
+                        )},
+                    }),
+                    &["match", "split"],
+                )},
             "pin_cookie": closed(
                 "holds a browser without a sticky key in the bucket the weight gave it",
                 json!({

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use graylane_core::rules::{HostPattern, Rules, Service, StickyKey};
+use graylane_core::rules::{HostPattern, Rules, Service, StickyKey, StringMatch};
 use graylane_core::split::WeylSequence;
 
 use super::request::{decide_spec, drawn_from_sequence, OneOrMany, RequestSpec};
@@ -50,11 +50,12 @@ impl Population {
                             continue;
                         }
                         seen.push(&service.name);
-                        let base = RequestSpec {
+                        let mut base = RequestSpec {
                             host: Some(reaching_host(service)),
                             path: Some(service.path_prefix.clone()),
                             ..RequestSpec::default()
                         };
+                        add_scoping_headers(&mut base, service);
                         let synthetic = Population::Synthetic {
                             base,
                             count: *count,
@@ -85,6 +86,27 @@ impl Population {
                     })
                     .collect()
             }
+        }
+    }
+}
+
+/// Headers that a service's `headers` conditions accept, where a value is
+/// plain to see (exact, in, prefix, suffix, contains, present): so that a
+/// service scoped by header gets its requests.
+fn add_scoping_headers(spec: &mut RequestSpec, service: &Service) {
+    for condition in service.headers.iter().filter(|c| !c.invert) {
+        let value = match &condition.matcher {
+            StringMatch::Exact(v)
+            | StringMatch::Prefix(v)
+            | StringMatch::Suffix(v)
+            | StringMatch::Contains(v) => Some(String::from_utf8_lossy(v).into_owned()),
+            StringMatch::In(values) => values.first().map(|v| String::from_utf8_lossy(v).into_owned()),
+            StringMatch::Present(true) => Some("1".into()),
+            _ => None,
+        };
+        if let Some(value) = value {
+            spec.headers
+                .insert(condition.name.clone(), OneOrMany::One(value));
         }
     }
 }

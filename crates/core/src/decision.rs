@@ -4,7 +4,7 @@
 //! tool calls the very same function.
 
 use crate::request::Request;
-use crate::rules::{MatchEntry, MirrorTo, Rules, Service, StickyKey, StringMatch};
+use crate::rules::{MatchEntry, MirrorTo, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
 
 /// The outcome for one request.
@@ -66,6 +66,16 @@ pub enum Reason {
     /// Nothing claimed the request; `bucket` is set when a weight split was
     /// drawn and fell to the default.
     Default { bucket: Option<u32>, sticky: bool },
+    /// `rules[rule].match[entry]` held and the rule's split put the request
+    /// in `bucket` (drawn as for [`Reason::Weight`]; `None` when the split
+    /// gives everything to the default), owned by the chosen subset or, for
+    /// the rest, the default.
+    Rule {
+        rule: usize,
+        entry: usize,
+        bucket: Option<u32>,
+        sticky: bool,
+    },
 }
 
 impl<'r> Decision<'r> {
@@ -86,6 +96,12 @@ pub trait Trace {
     /// The weighted split looked for the sticky key and found this value
     /// (`None`: absent or empty).
     fn sticky(&mut self, _value: Option<&[u8]>) {}
+    /// Match entry `entry` of `rules[rule]` was tried, as for
+    /// [`Trace::entry`].
+    fn rule_entry(&mut self, _rule: usize, _entry: usize, _failed: Option<Condition>) {}
+    /// Service `service` fits the host and path and has `headers`:
+    /// `None` when they all held, else the position of the first that did not.
+    fn service_headers(&mut self, _service: usize, _failed: Option<usize>) {}
 }
 
 /// A trace that records nothing: what the plugin decides with.
@@ -103,6 +119,8 @@ pub enum Condition {
     Header(usize),
     Cookie(usize),
     Query(usize),
+    /// The entry's `not` held.
+    Not,
 }
 
 /// Decides one request. `sequence` supplies buckets for weighted splits when
@@ -166,6 +184,7 @@ pub fn decide_traced<'r>(
         &rules.services,
         host.as_deref().unwrap_or(""),
         request.path(),
+        |index, service| service_headers_hold(index, service, request, trace),
     );
     let Some((service_index, service)) = found.and_then(|i| rules.services.get(i).map(|s| (i, s)))
     else {
@@ -194,6 +213,9 @@ pub fn decide_traced<'r>(
                 subset.tag.as_str(),
             ));
         }
+        for (name, value) in &subset.set_headers {
+            edits.push(HeaderEdit::Set(name.as_str(), value.as_str()));
+        }
     }
     let written_lane = service
         .subsets
@@ -202,8 +224,19 @@ pub fn decide_traced<'r>(
         .map(|subset| subset.tag.as_str());
     push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), written_lane);
     // A bucket drawn for a browser without a key: pin it there.
-    if let (Some(pin), Reason::Weight { bucket, sticky: false } | Reason::Default { bucket: Some(bucket), sticky: false }) =
-        (&service.pin, &reason)
+    if let (
+        Some(pin),
+        Reason::Weight { bucket, sticky: false }
+        | Reason::Default {
+            bucket: Some(bucket),
+            sticky: false,
+        }
+        | Reason::Rule {
+            bucket: Some(bucket),
+            sticky: false,
+            ..
+        },
+    ) = (&service.pin, &reason)
     {
         edits.push(HeaderEdit::SetOwned(rules.pin_header.as_str(), pin.set_cookie(*bucket)));
     }
@@ -298,6 +331,11 @@ fn choose_subset(
             }
         }
     }
+    if !service.rules.is_empty() {
+        if let Some(chosen) = choose_by_rule(service, request, sequence, trace) {
+            return chosen;
+        }
+    }
     if service.weights.is_empty() {
         return (
             service.default,
@@ -307,13 +345,7 @@ fn choose_subset(
             },
         );
     }
-    let key = sticky_key(service, request);
-    trace.sticky(key);
-    let (bucket, sticky) = match (key, pinned_bucket(service, request)) {
-        (Some(key), _) => (crate::split::sticky_bucket(&service.name, key), true),
-        (None, Some(bucket)) => (bucket, true),
-        (None, None) => (sequence.next_bucket(), false),
-    };
+    let (bucket, sticky) = draw::<true>(service, request, sequence, trace);
     match service.weights.owner(bucket) {
         Some(index) => (index, Reason::Weight { bucket, sticky }),
         None => (
@@ -323,6 +355,77 @@ fn choose_subset(
                 sticky,
             },
         ),
+    }
+}
+
+/// The first rule with a matching entry, and what its split gives. Out of
+/// line, so that services without rules keep the path they had.
+#[inline(never)]
+fn choose_by_rule(
+    service: &Service,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+    trace: &mut impl Trace,
+) -> Option<(usize, Reason)> {
+    for (rule_index, rule) in service.rules.iter().enumerate() {
+        for (position, entry) in rule.matches.iter().enumerate() {
+            let failed = entry_failure::<false>(entry, request);
+            trace.rule_entry(rule_index, position, failed);
+            if failed.is_some() {
+                continue;
+            }
+            let (subset, bucket, sticky) = if rule.weights.is_empty() {
+                (service.default, None, false)
+            } else {
+                let (bucket, sticky) = draw::<false>(service, request, sequence, trace);
+                let owner = rule.weights.owner(bucket).unwrap_or(service.default);
+                (owner, Some(bucket), sticky)
+            };
+            let reason = Reason::Rule {
+                rule: rule_index,
+                entry: position,
+                bucket,
+                sticky,
+            };
+            return Some((subset, reason));
+        }
+    }
+    None
+}
+
+/// Whether a service's `headers` all hold, told to `trace`. Out of line:
+/// most services have none and are not asked.
+#[inline(never)]
+fn service_headers_hold(
+    index: usize,
+    service: &Service,
+    request: &Request<'_>,
+    trace: &mut impl Trace,
+) -> bool {
+    let failed = service
+        .headers
+        .iter()
+        .position(|c| !named_holds::<false, _, _>(c, request.header_values(&c.name)));
+    trace.service_headers(index, failed);
+    failed.is_none()
+}
+
+/// A bucket for a weighted split: from the sticky key when the request has
+/// it, else from its pin cookie, else from the worker's sequence. Whether it came from the key. `HOT`
+/// as for [`entry_failure`]: the service's split and the rules' get a copy
+/// each.
+fn draw<const HOT: bool>(
+    service: &Service,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+    trace: &mut impl Trace,
+) -> (u32, bool) {
+    let key = sticky_key::<HOT>(service, request);
+    trace.sticky(key);
+    match (key, pinned_bucket(service, request)) {
+        (Some(key), _) => (crate::split::sticky_bucket(&service.name, key), true),
+        (None, Some(bucket)) => (bucket, true),
+        (None, None) => (sequence.next_bucket(), false),
     }
 }
 
@@ -340,7 +443,7 @@ fn pinned_bucket(service: &Service, request: &Request<'_>) -> Option<u32> {
 
 /// The sticky key's value; an empty value counts as absent, or every client
 /// without the key would share one bucket.
-fn sticky_key<'a>(service: &Service, request: &Request<'a>) -> Option<&'a [u8]> {
+fn sticky_key<'a, const HOT: bool>(service: &Service, request: &Request<'a>) -> Option<&'a [u8]> {
     let value = match service.sticky.as_ref()? {
         StickyKey::Header(name) => request.header(name),
         StickyKey::Cookie(name) => request.cookie_values(name).next(),
@@ -356,6 +459,57 @@ pub fn entry_matches(entry: &MatchEntry, request: &Request<'_>) -> bool {
 
 /// The first condition of `entry` that does not hold for the request, if any.
 pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condition> {
+    entry_failure::<true>(entry, request)
+}
+
+/// [`first_failure`] in two copies: `HOT` for the subsets' entries, which
+/// every request walks, the other for rules and `not`. Each copy then has a
+/// single caller on the request path and is inlined into it, as the one
+/// function was before rules existed (with a second caller it was not, and a
+/// decision cost about 100 instructions more under callgrind).
+#[inline]
+fn entry_failure<const HOT: bool>(entry: &MatchEntry, request: &Request<'_>) -> Option<Condition> {
+    if let Some(failed) = failed_condition::<HOT>(entry, request) {
+        return Some(failed);
+    }
+    match &entry.not {
+        Some(inner) if chain_holds(inner, request) => Some(Condition::Not),
+        _ => None,
+    }
+}
+
+/// Whether `entry` holds, its own `not`s included, walked as a chain rather
+/// than by recursion: an entry holds when its conditions do and its `not`
+/// does not, so the first level (counting from 0) whose conditions fail
+/// decides, by its parity; a chain whose every level holds ends on a level
+/// without `not`, which holds. Kept out of line: recursion would stop the
+/// common path from being inlined, and few entries have a `not`.
+#[cold]
+#[inline(never)]
+fn chain_holds(entry: &MatchEntry, request: &Request<'_>) -> bool {
+    let mut level = entry;
+    let mut depth = 0usize;
+    loop {
+        if failed_condition::<false>(level, request).is_some() {
+            return depth % 2 == 1;
+        }
+        match &level.not {
+            Some(next) => {
+                level = next;
+                depth += 1;
+            }
+            None => return depth % 2 == 0,
+        }
+    }
+}
+
+/// The first of `entry`'s own conditions (its `not` aside) that does not
+/// hold.
+#[inline]
+fn failed_condition<const HOT: bool>(
+    entry: &MatchEntry,
+    request: &Request<'_>,
+) -> Option<Condition> {
     if !entry.methods.is_empty() {
         let method = request.method().unwrap_or_default();
         if !entry
@@ -367,7 +521,7 @@ pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condit
         }
     }
     if let Some(path) = &entry.path {
-        if !path.matches(Some(request.path())) {
+        if path.matches(Some(request.path())) == entry.path_invert {
             return Some(Condition::Path);
         }
     }
@@ -382,28 +536,39 @@ pub fn first_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condit
     if let Some(at) = entry
         .headers
         .iter()
-        .position(|c| !holds(&c.matcher, request.header_values(&c.name)))
+        .position(|c| !named_holds::<HOT, _, _>(c, request.header_values(&c.name)))
     {
         return Some(Condition::Header(at));
     }
     if let Some(at) = entry
         .cookies
         .iter()
-        .position(|c| !holds(&c.matcher, request.cookie_values(&c.name)))
+        .position(|c| !named_holds::<HOT, _, _>(c, request.cookie_values(&c.name)))
     {
         return Some(Condition::Cookie(at));
     }
     entry
         .query
         .iter()
-        .position(|c| !holds(&c.matcher, request.query_values(&c.name)))
+        .position(|c| !named_holds::<HOT, _, _>(c, request.query_values(&c.name)))
         .map(Condition::Query)
+}
+
+/// [`holds`], turned round by the condition's `invert`.
+fn named_holds<const HOT: bool, V: AsRef<[u8]>, I: Iterator<Item = V>>(
+    condition: &NamedMatch,
+    values: I,
+) -> bool {
+    holds::<HOT, V, I>(&condition.matcher, values) != condition.invert
 }
 
 /// A named condition holds when any occurrence of the name matches, or, when
 /// the name does not occur at all, when the matcher accepts absence
 /// (`present: false`).
-fn holds<V: AsRef<[u8]>>(matcher: &StringMatch, values: impl Iterator<Item = V>) -> bool {
+fn holds<const HOT: bool, V: AsRef<[u8]>, I: Iterator<Item = V>>(
+    matcher: &StringMatch,
+    values: I,
+) -> bool {
     let mut occurred = false;
     for value in values {
         if matcher.matches(Some(value.as_ref())) {

@@ -40,7 +40,13 @@ pub struct Service {
     /// Index into `subsets`.
     pub default: usize,
     pub sticky: Option<StickyKey>,
+    /// `headers`: conditions on request headers that must all hold for the
+    /// service to claim a request, beside its hosts and path prefix. Empty
+    /// for most services, which then cost nothing more.
+    pub headers: Vec<NamedMatch>,
     pub subsets: Vec<Subset>,
+    /// `rules`: tried after the subsets' match entries, before the weights.
+    pub rules: Vec<Rule>,
     pub(crate) weights: WeightTable,
     /// The subset that receives copies of the others' requests, if any.
     pub mirror: Option<MirrorTo>,
@@ -75,6 +81,24 @@ pub struct MirrorTo {
     pub methods: Vec<String>,
 }
 
+/// One entry of a service's `rules`: when one of its match entries holds,
+/// the request is split by the rule's own weights, the rest going to the
+/// service's default.
+#[derive(Debug)]
+pub struct Rule {
+    pub matches: Vec<MatchEntry>,
+    /// `(subset index, weight in basis points)` as the split lists them.
+    pub split: Vec<(usize, u32)>,
+    pub(crate) weights: WeightTable,
+}
+
+impl Rule {
+    /// Who owns which bucket of this rule's split.
+    pub fn weight_table(&self) -> &WeightTable {
+        &self.weights
+    }
+}
+
 #[derive(Debug)]
 pub struct Subset {
     pub name: String,
@@ -85,6 +109,9 @@ pub struct Subset {
     pub matches: Vec<MatchEntry>,
     pub canary: Option<bool>,
     pub bluegreen: Option<String>,
+    /// `set_headers`: `(lower-case name, value)` written on every request
+    /// routed to this subset.
+    pub set_headers: Vec<(String, String)>,
     /// `mirror`: (share in basis points, methods), as written on the subset.
     pub mirror: Option<(u32, Vec<String>)>,
 }
@@ -114,9 +141,13 @@ pub struct MatchEntry {
     pub cookies: Vec<NamedMatch>,
     pub cookie_regex: Option<Pattern>,
     pub path: Option<StringMatch>,
+    /// `path.invert`: the path condition holds when the match does not.
+    pub path_invert: bool,
     pub query: Vec<NamedMatch>,
     /// Upper-case; compared case-insensitively.
     pub methods: Vec<String>,
+    /// `not`: an entry that must not hold.
+    pub not: Option<Box<MatchEntry>>,
 }
 
 #[derive(Debug)]
@@ -124,6 +155,9 @@ pub struct NamedMatch {
     /// Lower-case for headers; as written for cookies and query parameters.
     pub name: String,
     pub matcher: StringMatch,
+    /// `invert`: the condition holds when it would not (a missing name,
+    /// which fails every match but `present: false`, then holds).
+    pub invert: bool,
 }
 
 #[derive(Debug)]
@@ -135,6 +169,14 @@ pub enum StringMatch {
     /// Byte regex, so that values that are not UTF-8 can still be matched.
     Regex(Pattern),
     Present(bool),
+    /// `gt`, `ge`, `lt`, `le`: the value read as a decimal number compares
+    /// so with the given one; a value that is no decimal number never matches.
+    Greater(f64),
+    GreaterOrEqual(f64),
+    Less(f64),
+    LessOrEqual(f64),
+    /// `in`: equal to one of these, kept sorted for a binary search.
+    In(Vec<Vec<u8>>),
 }
 
 impl StringMatch {
@@ -151,8 +193,35 @@ impl StringMatch {
             StringMatch::Contains(want) => contains(value, want),
             StringMatch::Regex(regex) => regex.is_match(value),
             StringMatch::Present(present) => *present,
+            StringMatch::Greater(bound) => decimal(value).is_some_and(|v| v > *bound),
+            StringMatch::GreaterOrEqual(bound) => decimal(value).is_some_and(|v| v >= *bound),
+            StringMatch::Less(bound) => decimal(value).is_some_and(|v| v < *bound),
+            StringMatch::LessOrEqual(bound) => decimal(value).is_some_and(|v| v <= *bound),
+            StringMatch::In(values) => values
+                .binary_search_by(|probe| probe.as_slice().cmp(value))
+                .is_ok(),
         }
     }
+}
+
+/// A decimal number as a request carries it: an optional sign, digits, and
+/// optionally a point followed by digits (`42`, `-1.5`, `+7`). Anything else
+/// (`1e3`, `0x10`, `inf`, ` 5`, `5.`) is no number. Parsed without
+/// allocating.
+pub fn decimal(value: &[u8]) -> Option<f64> {
+    let unsigned = match value.first() {
+        Some(b'-' | b'+') => value.get(1..)?,
+        _ => value,
+    };
+    let (whole, fraction) = match unsigned.iter().position(|&b| b == b'.') {
+        Some(point) => (unsigned.get(..point)?, Some(unsigned.get(point + 1..)?)),
+        None => (unsigned, None),
+    };
+    let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+    if !digits(whole) || !fraction.map_or(true, digits) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Linear time in the haystack and the needle, whatever their contents.
@@ -190,11 +259,20 @@ impl HostIndex {
 
     /// The first service, in declared order, whose hosts fit `host` (lower-case,
     /// no port) and whose path prefix fits `path`.
-    pub(crate) fn find(&self, services: &[Service], host: &str, path: &[u8]) -> Option<usize> {
-        let fits = |index: &usize| {
-            services
-                .get(*index)
-                .is_some_and(|service| path.starts_with(service.path_prefix.as_bytes()))
+    /// A service with `headers` fits only when `claims(index, service)`
+    /// says its header conditions hold.
+    pub(crate) fn find(
+        &self,
+        services: &[Service],
+        host: &str,
+        path: &[u8],
+        mut claims: impl FnMut(usize, &Service) -> bool,
+    ) -> Option<usize> {
+        let mut fits = |index: &usize| {
+            services.get(*index).is_some_and(|service| {
+                path.starts_with(service.path_prefix.as_bytes())
+                    && (service.headers.is_empty() || claims(*index, service))
+            })
         };
         // Each list is in declared order, so its first fit is its best; the
         // answer is the earliest of those.
@@ -249,32 +327,59 @@ impl Service {
     /// the default subset. `(first, last inclusive, subset index)` in bucket
     /// order, covering every bucket once.
     pub fn bucket_layout(&self) -> Vec<(u32, u32, usize)> {
-        let mut ranges: Vec<(u32, u32, usize)> = self.weights.ranges().collect();
-        ranges.sort_unstable();
-        let mut layout = Vec::new();
-        let mut next = 0;
-        for (start, end, subset) in ranges {
-            if start > next {
-                layout.push((next, start - 1, self.default));
-            }
-            layout.push((start, end - 1, subset));
-            next = end;
-        }
-        if next < crate::split::BUCKETS {
-            layout.push((next, crate::split::BUCKETS - 1, self.default));
-        }
-        layout
+        self.weights.layout(self.default)
     }
 
     /// Each subset's share of the weighted split in basis points, in subset
     /// order (the default's share is the rest).
     pub fn shares(&self) -> Vec<u32> {
-        let mut shares = vec![0u32; self.subsets.len()];
-        for (start, last, subset) in self.bucket_layout() {
-            if let Some(share) = shares.get_mut(subset) {
-                *share += last + 1 - start;
-            }
+        self.weights.shares(self.default, self.subsets.len())
+    }
+
+    /// [`Service::bucket_layout`] of `rules[rule]`'s split, or of the
+    /// service's weights when `rule` is `None`.
+    pub fn layout_of(&self, rule: Option<usize>) -> Vec<(u32, u32, usize)> {
+        self.table_of(rule).layout(self.default)
+    }
+
+    /// [`Service::shares`] of `rules[rule]`'s split, or of the service's
+    /// weights when `rule` is `None`.
+    pub fn shares_of(&self, rule: Option<usize>) -> Vec<u32> {
+        self.table_of(rule).shares(self.default, self.subsets.len())
+    }
+
+    fn table_of(&self, rule: Option<usize>) -> &WeightTable {
+        rule.and_then(|rule| self.rules.get(rule))
+            .map_or(&self.weights, |rule| &rule.weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_numbers_as_requests_carry_them() {
+        for (text, want) in [
+            ("42", Some(42.0)),
+            ("-1.5", Some(-1.5)),
+            ("+7", Some(7.0)),
+            ("007.250", Some(7.25)),
+            ("", None),
+            ("-", None),
+            (".5", None),
+            ("5.", None),
+            ("1e3", None),
+            ("0x10", None),
+            ("inf", None),
+            ("NaN", None),
+            (" 5", None),
+            ("5 ", None),
+            ("1.2.3", None),
+            ("--1", None),
+        ] {
+            assert_eq!(decimal(text.as_bytes()), want, "{text:?}");
         }
-        shares
+        assert_eq!(decimal(b"\xff1"), None);
     }
 }

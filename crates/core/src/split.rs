@@ -130,6 +130,38 @@ impl WeightTable {
         self.ranges.iter().copied()
     }
 
+    /// The weighted ranges and, filling the gaps, `default`: `(first, last
+    /// inclusive, subset index)` in bucket order, covering every bucket once.
+    pub fn layout(&self, default: usize) -> Vec<(u32, u32, usize)> {
+        let mut ranges = self.ranges.clone();
+        ranges.sort_unstable();
+        let mut layout = Vec::new();
+        let mut next = 0;
+        for (start, end, subset) in ranges {
+            if start > next {
+                layout.push((next, start - 1, default));
+            }
+            layout.push((start, end - 1, subset));
+            next = end;
+        }
+        if next < BUCKETS {
+            layout.push((next, BUCKETS - 1, default));
+        }
+        layout
+    }
+
+    /// Each of `subsets` subsets' share in basis points, `default` taking
+    /// the rest.
+    pub fn shares(&self, default: usize, subsets: usize) -> Vec<u32> {
+        let mut shares = vec![0u32; subsets];
+        for (start, last, subset) in self.layout(default) {
+            if let Some(share) = shares.get_mut(subset) {
+                *share += last + 1 - start;
+            }
+        }
+        shares
+    }
+
     /// The subset owning `bucket`, or `None` for the default.
     pub fn owner(&self, bucket: u32) -> Option<usize> {
         self.ranges

@@ -35,3 +35,13 @@ pub fn graylane(args: &[&str]) -> Run {
         stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
     }
 }
+
+/// Writes `text` to `name` in this test binary's scratch directory `dir`
+/// and returns the path.
+pub fn scratch_in(dir: &str, name: &str, text: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -26,6 +26,11 @@ pub struct Limits {
     pub name_bytes: u64,
     /// Strings matched against requests, and regex patterns.
     pub value_bytes: u64,
+    /// Values of all `in` lists in the whole document.
+    pub in_values: u64,
+    /// Headers one subset's `set_headers` writes (each is a call into the
+    /// gateway per request).
+    pub set_headers: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +44,8 @@ impl Default for Limits {
             regex_memory_bytes: 32 << 20,
             name_bytes: 256,
             value_bytes: 4_096,
+            in_values: 10_000,
+            set_headers: 16,
         }
     }
 }
@@ -56,6 +63,8 @@ const SETTINGS: &[Setting] = &[
     ("regex_memory_bytes", 1 << 30, |l| &mut l.regex_memory_bytes),
     ("name_bytes", 4_096, |l| &mut l.name_bytes),
     ("value_bytes", 1 << 20, |l| &mut l.value_bytes),
+    ("in_values", 1_000_000, |l| &mut l.in_values),
+    ("set_headers", 256, |l| &mut l.set_headers),
 ];
 
 impl Limits {
@@ -105,7 +114,11 @@ impl Limits {
 pub(crate) struct Budget {
     pub limits: Limits,
     allowed_clusters: Option<Vec<String>>,
+    /// The headers the plugin writes itself: `set_headers` may not name them.
+    pub cluster_header: String,
+    pub tag_header: String,
     match_entries: u64,
+    in_values: u64,
     regexes: u64,
     regex_memory: u64,
     /// Once a regex limit is crossed, no more regexes are compiled: the
@@ -121,7 +134,10 @@ impl Budget {
         Budget {
             limits: Limits::default(),
             allowed_clusters: None,
+            cluster_header: super::DEFAULT_CLUSTER_HEADER.to_string(),
+            tag_header: super::DEFAULT_TAG_HEADER.to_string(),
             match_entries: 0,
+            in_values: 0,
             regexes: 0,
             regex_memory: 0,
             regexes_exhausted: false,
@@ -132,6 +148,8 @@ impl Budget {
         Budget {
             limits: base.limits,
             allowed_clusters: base.allowed_clusters.clone(),
+            cluster_header: base.cluster_header.clone(),
+            tag_header: base.tag_header.clone(),
             ..Budget::fragment()
         }
     }
@@ -168,6 +186,33 @@ impl Budget {
             );
         }
         self.match_entries <= self.limits.match_entries
+    }
+
+    /// `count` more values of `in` lists; false (and refused) past the limit.
+    pub fn in_values(
+        &mut self,
+        count: usize,
+        path: &Path,
+        node: &Node,
+        errors: &mut ConfigErrors,
+    ) -> bool {
+        let before = self.in_values;
+        self.in_values = self.in_values.saturating_add(count as u64);
+        if self.in_values > self.limits.in_values {
+            // Refused once, at the list that crosses the limit.
+            if before <= self.limits.in_values {
+                let counts = (self.limits.in_values, self.in_values);
+                refuse_over(
+                    errors,
+                    (path, node),
+                    "values of in lists in the document",
+                    "in_values",
+                    counts,
+                );
+            }
+            return false;
+        }
+        true
     }
 
     /// Whether one more regex may be compiled; refuses the one that crosses

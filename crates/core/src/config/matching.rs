@@ -8,7 +8,9 @@ use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
 use crate::rules::{MatchEntry, NamedMatch, StringMatch};
 
 /// The string-match kinds, exactly one of which a string match gives.
-pub const MATCH_KINDS: &[&str] = &["exact", "prefix", "suffix", "contains", "regex", "present"];
+pub const MATCH_KINDS: &[&str] = &[
+    "exact", "prefix", "suffix", "contains", "regex", "present", "gt", "ge", "lt", "le", "in",
+];
 
 pub(crate) fn read_match_entry(
     value: &Node,
@@ -35,7 +37,15 @@ pub(crate) fn read_match_entry(
         }
     }
     if let Some((node, match_path)) = object.get("path") {
-        entry.path = read_string_match(node, &match_path, budget, errors);
+        if let Some((matcher, invert)) = read_string_match(node, &match_path, budget, errors) {
+            entry.path = Some(matcher);
+            entry.path_invert = invert;
+        }
+    }
+    if let Some((node, not_path)) = object.get("not") {
+        if budget.match_entry(&not_path, node, errors) {
+            entry.not = read_match_entry(node, &not_path, budget, errors).map(Box::new);
+        }
     }
     if let Some((items, methods_path)) = object.array("method", errors) {
         for (position, item) in items.iter().enumerate() {
@@ -79,7 +89,30 @@ pub(crate) fn read_match_entry(
     Some(entry)
 }
 
-fn read_named_matches(
+/// A `match` list: each entry counted against `limits.match_entries`, the
+/// list cut short at the first one over.
+pub(crate) fn read_match_list(
+    items: &[Node],
+    list_path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Vec<MatchEntry> {
+    let mut matches = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let entry_path = list_path.index(position);
+        if !budget.match_entry(&entry_path, item, errors) {
+            break;
+        }
+        if let Some(entry) = read_match_entry(item, &entry_path, budget, errors) {
+            matches.push(entry);
+        }
+    }
+    matches
+}
+
+/// A list of `{name, <string match>, invert?}` conditions; `normalise_name`
+/// checks a name and gives the form it is looked up by.
+pub(crate) fn read_named_matches(
     object: &mut Object<'_>,
     field: &'static str,
     budget: &mut Budget,
@@ -122,21 +155,55 @@ fn read_named_matches(
                 None
             }
         };
-        let matcher = string_match_of(&condition, &item_path, item, &["name"], budget, errors);
+        let matcher = string_match_of(
+            &condition,
+            &item_path,
+            item,
+            &["name", "invert"],
+            budget,
+            errors,
+        );
+        let invert = read_invert(&condition, &item_path, errors);
         if let (Some(name), Some(matcher)) = (name, matcher) {
-            named.push(NamedMatch { name, matcher });
+            named.push(NamedMatch {
+                name,
+                matcher,
+                invert,
+            });
         }
     }
     named
 }
 
-/// Exactly one of the string-match kinds.
+/// `invert`, when given: true or false.
+fn read_invert(object: &Object<'_>, path: &Path, errors: &mut ConfigErrors) -> bool {
+    let Some(member) = object
+        .members()
+        .iter()
+        .find(|member| member.key == "invert")
+    else {
+        return false;
+    };
+    match member.value.as_bool() {
+        Some(flag) => flag,
+        None => {
+            errors.push(
+                &path.key("invert"),
+                &member.value,
+                wrong_type("true or false", &member.value),
+            );
+            false
+        }
+    }
+}
+
+/// Exactly one of the string-match kinds, and whether it is inverted.
 pub(crate) fn read_string_match(
     value: &Node,
     path: &Path,
     budget: &mut Budget,
     errors: &mut ConfigErrors,
-) -> Option<StringMatch> {
+) -> Option<(StringMatch, bool)> {
     if value.as_object().is_none() {
         errors.push(
             path,
@@ -150,7 +217,8 @@ pub(crate) fn read_string_match(
         return None;
     }
     let object = Object::new(value, path, errors)?;
-    string_match_of(&object, path, value, &[], budget, errors)
+    let invert = read_invert(&object, path, errors);
+    string_match_of(&object, path, value, &["invert"], budget, errors).map(|m| (m, invert))
 }
 
 /// The string match an object gives, beside `other_fields` (a named
@@ -192,6 +260,8 @@ fn string_match_of(
                 errors.push(&field_path, node, wrong_type("true or false", node));
                 None
             }
+            ("gt" | "ge" | "lt" | "le", _, _) => read_bound(key, node, &field_path, errors),
+            ("in", _, _) => read_in(node, &field_path, budget, errors),
             (_, Some(text), _)
                 if !budget.string(text, Length::Value, &field_path, node, errors) =>
             {
@@ -234,6 +304,60 @@ fn string_match_of(
         return None;
     }
     found
+}
+
+/// `gt`, `ge`, `lt`, `le`: a JSON number.
+fn read_bound(
+    kind: &str,
+    node: &Node,
+    path: &Path,
+    errors: &mut ConfigErrors,
+) -> Option<StringMatch> {
+    let Some(bound) = node.as_number().and_then(|number| number.as_f64()) else {
+        errors.push(path, node, wrong_type("a number", node));
+        return None;
+    };
+    Some(match kind {
+        "gt" => StringMatch::Greater(bound),
+        "ge" => StringMatch::GreaterOrEqual(bound),
+        "lt" => StringMatch::Less(bound),
+        _ => StringMatch::LessOrEqual(bound),
+    })
+}
+
+/// `in`: a non-empty list of strings, each held to the value length, all of
+/// them counted against `limits.in_values`.
+fn read_in(
+    node: &Node,
+    path: &Path,
+    budget: &mut Budget,
+    errors: &mut ConfigErrors,
+) -> Option<StringMatch> {
+    let Some(items) = node.as_array() else {
+        errors.push(path, node, wrong_type("a list of strings", node));
+        return None;
+    };
+    if items.is_empty() {
+        errors.push(path, node, "must list at least one value");
+        return None;
+    }
+    if !budget.in_values(items.len(), path, node, errors) {
+        return None;
+    }
+    let mut values = Vec::with_capacity(items.len());
+    for (position, item) in items.iter().enumerate() {
+        let item_path = path.index(position);
+        match item.as_str() {
+            Some(text) if budget.string(text, Length::Value, &item_path, item, errors) => {
+                values.push(text.as_bytes().to_vec());
+            }
+            Some(_) => {}
+            None => errors.push(&item_path, item, wrong_type("a string", item)),
+        }
+    }
+    values.sort_unstable();
+    values.dedup();
+    Some(StringMatch::In(values))
 }
 
 fn compile_regex(

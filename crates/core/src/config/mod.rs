@@ -10,12 +10,14 @@
 //! - [`service`]: a service, its hosts, path prefix, sticky key and weights.
 //! - [`subset`]: a subset: cluster, tag, weight, labels.
 //! - [`matching`]: match entries and string matches.
+//! - [`rule`]: a service's rules: match entries with a split of their own.
 //! - [`names`]: header names and host patterns.
 //! - [`limits`]: what a document may cost, and the running count.
 
 pub mod limits;
 pub mod matching;
 pub mod names;
+pub mod rule;
 pub mod service;
 pub mod subset;
 

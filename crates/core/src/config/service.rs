@@ -4,12 +4,14 @@
 use std::collections::BTreeSet;
 
 use super::limits::{Budget, Length};
+use super::matching::read_named_matches;
 use super::names::{check_header_name, parse_host_pattern};
-use super::subset::{percent, read_subset};
+use super::rule::{read_rules, weights_over_100};
+use super::subset::read_subset;
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
 use crate::rules::{HostPattern, MirrorTo, PinCookie, Service, StickyKey, Subset};
-use crate::split::{WeightTable, BUCKETS};
+use crate::split::WeightTable;
 
 pub(crate) fn read_service(
     value: &Node,
@@ -40,6 +42,9 @@ pub(crate) fn read_service(
         }
         None => "/".into(),
     };
+    let headers = read_named_matches(&mut object, "headers", budget, errors, |name| {
+        check_header_name(name).map(|()| name.to_ascii_lowercase())
+    });
     let default = object.non_empty_string("default", true, errors);
     let sticky = read_sticky(&mut object, errors);
     let pin = read_pin_cookie(&mut object, errors);
@@ -79,6 +84,11 @@ pub(crate) fn read_service(
         None if !object.has("subsets") => object.missing("subsets", errors, None),
         None => {}
     }
+    let names: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
+    let default_index = default
+        .as_ref()
+        .and_then(|(name, _)| names.iter().position(|n| n == name));
+    let rules = read_rules(&mut object, &names, default_index, budget, errors);
     object.finish(&[], errors);
 
     check_unique(errors, &subsets_path, &subsets, "name", |subset| {
@@ -110,26 +120,14 @@ pub(crate) fn read_service(
         .filter(|(index, _)| *index != default)
         .map(|(index, (_, subset, _))| (index, subset.weight))
         .collect();
-    // Summed wide: many subsets of weight 100 must not wrap into a valid sum.
-    let total: u64 = weighted.iter().map(|(_, weight)| u64::from(*weight)).sum();
-    if total > u64::from(BUCKETS) {
-        let parts: Vec<String> = subsets
-            .iter()
-            .enumerate()
-            .filter(|(index, (_, subset, _))| *index != default && subset.weight > 0)
-            .map(|(_, (position, subset, _))| {
-                format!("subsets[{position}] {}", percent(u64::from(subset.weight)))
-            })
-            .collect();
-        errors.push(
-            &subsets_path,
-            subsets_node,
-            format!(
-                "weights of the non-default subsets sum to {}, over 100 ({})",
-                percent(total),
-                parts.join(" + ")
-            ),
-        );
+    let parts: Vec<(String, u32)> = subsets
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != default)
+        .map(|(_, (position, subset, _))| (format!("subsets[{position}]"), subset.weight))
+        .collect();
+    if let Some(reason) = weights_over_100("the non-default subsets", &parts) {
+        errors.push(&subsets_path, subsets_node, reason);
     }
 
     let mirror = read_mirror_subset(&subsets, default, &subsets_path, errors);
@@ -140,6 +138,8 @@ pub(crate) fn read_service(
         path_prefix,
         default,
         sticky,
+        headers,
+        rules,
         weights: WeightTable::new(&weighted),
         subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
         mirror,

@@ -2,8 +2,8 @@
 //! entries and registry labels.
 
 use super::limits::{Budget, Length};
-use super::matching::read_match_entry;
-use super::names::check_header_value;
+use super::matching::read_match_list;
+use super::names::{check_header_value, check_written_header_name};
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path};
 use crate::rules::Subset;
@@ -56,21 +56,15 @@ pub(crate) fn read_subset(
     let canary = object.bool("canary", errors).map(|(flag, _)| flag);
     let bluegreen = read_bluegreen(&mut object, errors);
     let mirror = read_mirror(&mut object, errors);
-    let mut matches = Vec::new();
-    if let Some((items, list_path)) = object.array("match", errors) {
-        for (position, item) in items.iter().enumerate() {
-            let entry_path = list_path.index(position);
-            if !budget.match_entry(&entry_path, item, errors) {
-                break;
-            }
-            if let Some(entry) = read_match_entry(item, &entry_path, budget, errors) {
-                matches.push(entry);
-            }
-        }
-    }
+    let matches = match object.array("match", errors) {
+        Some((items, list_path)) => read_match_list(items, &list_path, budget, errors),
+        None => Vec::new(),
+    };
+    let set_headers = read_set_headers(&mut object, budget, errors);
     object.finish(&[], errors);
     let (name, _) = name?;
     Some(Subset {
+        set_headers,
         tag: tag.unwrap_or_else(|| name.clone()),
         name,
         cluster: cluster?,
@@ -80,6 +74,88 @@ pub(crate) fn read_subset(
         bluegreen,
         mirror,
     })
+}
+
+/// `set_headers`: `{name: value}` written on every request routed to the
+/// subset. Names as the cluster header's (and neither it nor the tag header),
+/// values visible ASCII within `limits.value_bytes`.
+fn read_set_headers(
+    object: &mut Object<'_>,
+    budget: &Budget,
+    errors: &mut ConfigErrors,
+) -> Vec<(String, String)> {
+    let Some((node, path)) = object.get("set_headers") else {
+        return Vec::new();
+    };
+    let Some(headers) = Object::new(node, &path, errors) else {
+        return Vec::new();
+    };
+    // Keys starting with `_` are notes, as anywhere in the document.
+    let members: Vec<_> = headers
+        .members()
+        .iter()
+        .filter(|member| !member.key.starts_with('_'))
+        .collect();
+    if members.is_empty() {
+        errors.push(
+            &path,
+            node,
+            "must set at least one header (leave the field out to set none)",
+        );
+    }
+    let limit = budget.limits.set_headers;
+    if !budget.list(
+        "headers this subset sets",
+        "set_headers",
+        limit,
+        members.len(),
+        (&path, node),
+        errors,
+    ) {
+        return Vec::new();
+    }
+    let mut written: Vec<(String, String)> = Vec::new();
+    for member in members {
+        let field_path = path.key(&member.key);
+        let lower = member.key.to_ascii_lowercase();
+        let refusal = if let Err(reason) = check_written_header_name(&member.key) {
+            Some(reason)
+        } else if lower == budget.cluster_header || lower == budget.tag_header {
+            Some(format!(
+                "{:?} is the cluster or the tag header, which the plugin writes itself",
+                member.key
+            ))
+        } else if written.iter().any(|(name, _)| *name == lower) {
+            Some(format!(
+                "{:?} is set twice (header names are case-insensitive)",
+                member.key
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            errors
+                .0
+                .push(crate::read::ConfigError::new(field_path, reason).at(member.key_offset));
+            continue;
+        }
+        let Some(value) = member.value.as_str() else {
+            errors.push(
+                &field_path,
+                &member.value,
+                wrong_type("a string", &member.value),
+            );
+            continue;
+        };
+        match check_header_value(value, u64::MAX) {
+            Ok(()) if budget.string(value, Length::Value, &field_path, &member.value, errors) => {
+                written.push((lower, value.to_string()));
+            }
+            Ok(()) => {}
+            Err(refusal) => errors.push(&field_path, &member.value, refusal),
+        }
+    }
+    written
 }
 
 /// The safe methods: a copy of a request that changes state would change it

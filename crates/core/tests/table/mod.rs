@@ -102,6 +102,36 @@ pub const WEIGHTS: &str = r#"{
   ]
 }"#;
 
+/// Rules with a split, comparisons, `in`, `invert` and `not`, a service
+/// scoped by header, and headers set per subset (issue 19).
+pub const EXPRESSIVE: &str = r#"{
+  "services": [
+    { "name": "gated", "hosts": ["x.example.com"], "default": "beta",
+      "headers": [ { "name": "x-env", "exact": "beta" }, { "name": "x-block", "present": true, "invert": true } ],
+      "subsets": [ { "name": "beta", "cluster": "gated-beta", "set_headers": { "x-lane": "base", "X-Env-Seen": "beta" } } ] },
+    { "name": "main", "hosts": ["x.example.com"], "default": "stable", "sticky": { "header": "userid" },
+      "subsets": [
+        { "name": "stable", "cluster": "main-stable", "set_headers": { "x-lane": "base" } },
+        { "name": "numbers", "cluster": "c-num", "match": [ { "headers": [ { "name": "x-version", "gt": 5 }, { "name": "x-version", "le": 10.5 } ] } ] },
+        { "name": "low", "cluster": "c-low", "match": [ { "headers": [ { "name": "x-version", "lt": 0 } ] }, { "query": [ { "name": "v", "ge": 100 } ] } ] },
+        { "name": "listed", "cluster": "c-in", "match": [ { "headers": [ { "name": "x-region", "in": ["eu-2", "eu-1"] } ] } ] },
+        { "name": "inverted", "cluster": "c-inv", "match": [ { "path": { "prefix": "/inv" }, "headers": [ { "name": "x-team", "exact": "core", "invert": true } ] } ] },
+        { "name": "notpath", "cluster": "c-notpath", "match": [ { "path": { "prefix": "/api", "invert": true }, "method": ["DELETE"] } ] },
+        { "name": "negated", "cluster": "c-not", "match": [ { "headers": [ { "name": "x-not-test", "present": true } ],
+            "not": { "headers": [ { "name": "x-a", "exact": "1" } ], "cookies": [ { "name": "b", "exact": "2" } ] } } ] },
+        { "name": "canary", "cluster": "c-canary", "weight": 10, "set_headers": { "x-lane": "canary" } },
+        { "name": "nested", "cluster": "c-nested", "match": [ { "headers": [ { "name": "x-n0", "present": true } ],
+            "not": { "headers": [ { "name": "x-n1", "present": true } ], "not": { "headers": [ { "name": "x-n2", "present": true } ] } } } ] }
+      ],
+      "rules": [
+        { "match": [ { "headers": [ { "name": "x-app", "exact": "mobile" } ] } ], "split": [ { "subset": "canary", "weight": 30 } ] },
+        { "match": [ { "headers": [ { "name": "x-app", "exact": "all-in" } ] } ], "split": [ { "subset": "canary", "weight": 100 } ] },
+        { "match": [ { "headers": [ { "name": "x-app", "exact": "pinned" } ] } ], "split": [] }
+      ]
+    }
+  ]
+}"#;
+
 /// Mirroring: `shadow` receives a copy of every GET and HEAD the service's
 /// other subsets serve (100% keeps the table deterministic).
 pub const MIRROR: &str = r#"{
@@ -149,6 +179,18 @@ pub const PIN: &str = r#"{
   ]
 }"#;
 
+/// A pin cookie with a rule's split: the rule draws the bucket, pins it,
+/// and takes a pinned one.
+pub const PIN_RULE: &str = r#"{
+  "services": [
+    { "name": "pr", "hosts": ["pin-rule.example.com"], "default": "stable", "sticky": { "header": "userid" },
+      "pin_cookie": { "name": "gl_pin", "secure": false },
+      "subsets": [ { "name": "stable", "cluster": "pr-stable" }, { "name": "canary", "cluster": "pr-canary" } ],
+      "rules": [ { "match": [ { "headers": [ { "name": "x-app", "exact": "mobile" } ] } ],
+                   "split": [ { "subset": "canary", "weight": 50 } ] } ] }
+  ]
+}"#;
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -178,6 +220,7 @@ const fn case(
 const B: (&[u8], &[u8]) = (b":authority", b"b.example.com");
 const GET: (&[u8], &[u8]) = (b":method", b"GET");
 const API: (&[u8], &[u8]) = (b":authority", b"api.example.com");
+const X: (&[u8], &[u8]) = (b":authority", b"x.example.com");
 
 pub const CASES: &[Case] = &[
     // --- the contract's example ---
@@ -933,6 +976,432 @@ pub const CASES: &[Case] = &[
         cluster: Some("old"),
         edits: &["x-graylane-cluster=old"],
     },
+    // --- issue 19: rules with a split, comparisons, in, invert, not,
+    // service headers, set_headers (users of "main": user-16 is bucket 210,
+    // user-1 bucket 2047, user-0 bucket 3812) ---
+    case(
+        "service headers hold: the scoped service, set_headers on its default",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/"), (b"x-env", b"beta")],
+        Some("gated-beta"),
+        &[
+            "x-graylane-cluster=gated-beta",
+            "x-lane=base",
+            "x-env-seen=beta",
+        ],
+    ),
+    case(
+        "service headers: an inverted present fails when the header is there",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-env", b"beta"),
+            (b"x-block", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "service headers: other value, the next service",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-env", b"alpha"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "gt 5 and le 10.5 on one header",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"7"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-num"),
+        &["x-graylane-cluster=c-num", "x-gray-tag=numbers"],
+    ),
+    case(
+        "le holds at its bound",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"10.50"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-num"),
+        &["x-graylane-cluster=c-num", "x-gray-tag=numbers"],
+    ),
+    case(
+        "gt fails at its bound",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"5"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "le fails above its bound",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"10.51"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "a value that is no decimal number never compares",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"7a"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "an exponent is no decimal number",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"1e1"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "lt 0 on a negative value",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-version", b"-0.5"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-low"),
+        &["x-graylane-cluster=c-low", "x-gray-tag=low"],
+    ),
+    case(
+        "ge 100 on a query parameter",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/?v=100"), (b"userid", b"user-0")],
+        Some("c-low"),
+        &["x-graylane-cluster=c-low", "x-gray-tag=low"],
+    ),
+    case(
+        "ge 100 fails below",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/?v=99.99"), (b"userid", b"user-0")],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "in: one of the listed values",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-region", b"eu-1"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-in"),
+        &["x-graylane-cluster=c-in", "x-gray-tag=listed"],
+    ),
+    case(
+        "in: a value not listed",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-region", b"eu-3"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "invert: the header has another value",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/inv"),
+            (b"x-team", b"edge"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-inv"),
+        &["x-graylane-cluster=c-inv", "x-gray-tag=inverted"],
+    ),
+    case(
+        "invert: an absent header fails the match, so its inversion holds",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/inv"), (b"userid", b"user-0")],
+        Some("c-inv"),
+        &["x-graylane-cluster=c-inv", "x-gray-tag=inverted"],
+    ),
+    case(
+        "invert: any occurrence matching fails the inverted condition",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/inv"),
+            (b"x-team", b"edge"),
+            (b"x-team", b"core"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "inverted path",
+        EXPRESSIVE,
+        &[
+            X,
+            (b":method", b"DELETE"),
+            (b":path", b"/other"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-notpath"),
+        &["x-graylane-cluster=c-notpath", "x-gray-tag=notpath"],
+    ),
+    case(
+        "inverted path, the path matches",
+        EXPRESSIVE,
+        &[
+            X,
+            (b":method", b"DELETE"),
+            (b":path", b"/api/x"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "not: the inner entry fails, so the entry holds",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-not-test", b"1"),
+            (b"x-a", b"1"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-not"),
+        &["x-graylane-cluster=c-not", "x-gray-tag=negated"],
+    ),
+    case(
+        "not: the whole inner entry holds, so the entry fails",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-not-test", b"1"),
+            (b"x-a", b"1"),
+            (b"cookie", b"b=2"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "rule: mobile user in the rule's 30% (bucket 2047), set_headers of the subset",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-app", b"mobile"),
+            (b"userid", b"user-1"),
+        ],
+        Some("c-canary"),
+        &[
+            "x-graylane-cluster=c-canary",
+            "x-gray-tag=canary",
+            "x-lane=canary",
+        ],
+    ),
+    case(
+        "the same user without the rule's match: the service's 10% leaves it",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/"), (b"userid", b"user-1")],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "rule: mobile user outside the 30% (bucket 3812) goes to the default",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-app", b"mobile"),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "rule with weight 100",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-app", b"all-in"),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-canary"),
+        &[
+            "x-graylane-cluster=c-canary",
+            "x-gray-tag=canary",
+            "x-lane=canary",
+        ],
+    ),
+    case(
+        "service weight: user-16 (bucket 210) in the 10%",
+        EXPRESSIVE,
+        &[X, GET, (b":path", b"/"), (b"userid", b"user-16")],
+        Some("c-canary"),
+        &[
+            "x-graylane-cluster=c-canary",
+            "x-gray-tag=canary",
+            "x-lane=canary",
+        ],
+    ),
+    case(
+        "an empty split pins to the default, before the service's weights",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-app", b"pinned"),
+            (b"userid", b"user-16"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "subset matches come before rules",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-app", b"all-in"),
+            (b"x-region", b"eu-2"),
+        ],
+        Some("c-in"),
+        &["x-graylane-cluster=c-in", "x-gray-tag=listed"],
+    ),
+    case(
+        "the tag comes first; set_headers follow the tag",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-gray-tag", b"canary"),
+            (b"x-app", b"pinned"),
+        ],
+        Some("c-canary"),
+        &["x-graylane-cluster=c-canary", "x-lane=canary"],
+    ),
+    case(
+        "nested not: x-n0 and not (x-n1 and not x-n2); x-n1 absent",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-nested"),
+        &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
+    ),
+    case(
+        "nested not: x-n1 without x-n2 makes the inner entry hold",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"x-n1", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("main-stable"),
+        &["x-graylane-cluster=main-stable", "x-lane=base"],
+    ),
+    case(
+        "nested not: x-n2 turns the inner entry round again",
+        EXPRESSIVE,
+        &[
+            X,
+            GET,
+            (b":path", b"/"),
+            (b"x-n0", b""),
+            (b"x-n1", b""),
+            (b"x-n2", b""),
+            (b"userid", b"user-0"),
+        ],
+        Some("c-nested"),
+        &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
+    ),
+    case(
+        "pin and rule: a rule's draw without a key is pinned (bucket 712)",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/"), (b"x-app", b"mobile")],
+        Some("pr-canary"),
+        &["x-graylane-cluster=pr-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
+    ),
+    case(
+        "pin and rule: the rule takes a pinned bucket (9000: the default's) and sets none",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/"), (b"x-app", b"mobile"), (b"cookie", b"gl_pin=9000")],
+        Some("pr-stable"),
+        &["x-graylane-cluster=pr-stable"],
+    ),
+    case(
+        "pin and rule: without the rule's match nothing is drawn or pinned",
+        PIN_RULE,
+        &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/")],
+        Some("pr-stable"),
+        &["x-graylane-cluster=pr-stable"],
+    ),
 ];
 
 pub fn render(edit: &HeaderEdit<'_>) -> String {
