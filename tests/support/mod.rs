@@ -51,6 +51,8 @@
 )]
 
 pub mod apisix;
+pub mod controlled;
+pub mod etcd;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -1,0 +1,445 @@
+//! `graylane rollout` and `graylane status` with real parts: a real etcd
+//! holding the rules, two Envoy gateways with the plugin, each with a
+//! `source` on the etcd key, a stable and a canary backend whose answers the
+//! test sets, and steady traffic through both gateways all along. The tests
+//! run one at a time (each starts two Envoys; their timings are asserted).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use graylane_cli::http::Url;
+use graylane_cli::rollout::{etcd::Etcd as EtcdClient, State, EXIT_BUSY, EXIT_ROLLED_BACK};
+use serde_json::{json, Value};
+use support::controlled::{Behaviour, ControlledBackend};
+use support::etcd::Etcd;
+use support::*;
+
+const KEY: &str = "/graylane/rules";
+const HOST: &str = "b.example.com";
+
+/// One test at a time: each runs two Envoys and measures timings.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn rules() -> Value {
+    json!({"services": [{
+        "name": "b",
+        "hosts": [HOST],
+        "default": "stable",
+        "subsets": [
+            {"name": "stable", "cluster": "b-stable"},
+            {"name": "canary", "cluster": "b-canary"}
+        ]
+    }]})
+}
+
+/// etcd, the two backends and two gateways reading the rules from etcd.
+struct Rig {
+    etcd: Etcd,
+    stable: ControlledBackend,
+    canary: ControlledBackend,
+    _fallback: EchoBackend,
+    gateways: Vec<Envoy>,
+    dir: PathBuf,
+}
+
+impl Rig {
+    fn start(label: &str) -> Rig {
+        let etcd = Etcd::start(&format!("rollout-{label}"));
+        let revision = etcd.put(KEY, &rules().to_string());
+        let stable = ControlledBackend::start("b-stable");
+        let canary = ControlledBackend::start("b-canary");
+        let fallback = EchoBackend::start(FALLBACK_CLUSTER);
+        let mut document = rules();
+        document["source"] = json!({"format": "etcd", "cluster": "control", "key": KEY,
+            "authority": etcd.client.to_string(), "interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
+        let gateways: Vec<Envoy> = (0..2)
+            .map(|n| {
+                let config = EnvoyConfig::new(&format!("rollout-{label}-{n}"), document.to_string())
+                    .cluster("b-stable", stable.addr())
+                    .cluster("b-canary", canary.addr())
+                    .cluster("control", etcd.client)
+                    .cluster(FALLBACK_CLUSTER, fallback.addr());
+                Envoy::start(&config)
+            })
+            .collect();
+        for gateway in &gateways {
+            wait_for(Duration::from_secs(30), "the gateway fetched the rules", || version(gateway.admin()) >= revision);
+        }
+        let dir = repo_root().join("target/tmp").join(format!("rollout-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Rig {
+            etcd,
+            stable,
+            canary,
+            _fallback: fallback,
+            gateways,
+            dir,
+        }
+    }
+
+    /// Writes a plan: the common head, then `body` (analysis, steps, …).
+    fn plan(&self, name: &str, lock_ttl: &str, body: &str) -> PathBuf {
+        let gateways: Vec<String> = self.gateways.iter().map(|g| format!("'http://{}'", g.admin())).collect();
+        let text = format!(
+            "source: {{etcd: 'http://{}', key: {KEY}}}\nservice: b\nsubset: canary\ngateways: [{}]\n\
+             poll: 500ms\nadopt_timeout: 10s\nlock_ttl: {lock_ttl}\n{body}",
+            self.etcd.client,
+            gateways.join(", ")
+        );
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn client(&self) -> EtcdClient {
+        EtcdClient::new(Url::parse(&format!("http://{}", self.etcd.client)).unwrap())
+    }
+
+    fn state(&self) -> Option<State> {
+        let entry = self.client().get(&format!("{KEY}.rollout.b")).unwrap()?;
+        Some(serde_json::from_slice(&entry.value).unwrap())
+    }
+
+    fn lock_held(&self) -> bool {
+        self.client().get(&format!("{KEY}.rollout.b.lock")).unwrap().is_some()
+    }
+
+    fn admin_urls(&self) -> Vec<String> {
+        self.gateways.iter().map(|g| format!("http://{}", g.admin())).collect()
+    }
+}
+
+/// The gateway's `graylane_source_version` gauge.
+fn version(admin: SocketAddr) -> u64 {
+    let Ok(mut client) = Client::connect(admin) else { return 0 };
+    let Ok(response) = client.try_send(&Request::get("/stats?filter=^wasmcustom.graylane_source_version$")) else {
+        return 0;
+    };
+    response
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("wasmcustom.graylane_source_version: "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(deadline: Duration, what: &str, condition: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < deadline, "{what}: not within {deadline:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What one request got: the backend that answered (and its status), or
+/// nothing (a transport error or an answer no backend gave: a lost request).
+#[derive(Debug, Clone)]
+struct Answer {
+    at_ms: u64,
+    gateway: usize,
+    backend: Option<String>,
+}
+
+/// Steady traffic through every gateway (two connections each) and a
+/// watcher of every gateway's version gauge, until dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    versions: Arc<Mutex<Vec<Vec<u64>>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(rig: &Rig) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let versions = Arc::new(Mutex::new(vec![Vec::new(); rig.gateways.len()]));
+        let mut threads = Vec::new();
+        for (gateway, envoy) in rig.gateways.iter().enumerate() {
+            for _ in 0..2 {
+                let (stop, answers, listener) = (Arc::clone(&stop), Arc::clone(&answers), envoy.listener());
+                threads.push(thread::spawn(move || {
+                    let mut client = Client::connect(listener).unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        let response = client.try_send(&Request::get("/").host(HOST));
+                        let backend = response.ok().and_then(|r| r.header("x-echo-backend"));
+                        answers.lock().unwrap().push(Answer {
+                            at_ms: now_ms(),
+                            gateway,
+                            backend,
+                        });
+                        thread::sleep(Duration::from_millis(4));
+                    }
+                }));
+            }
+            let (stop, versions, admin) = (Arc::clone(&stop), Arc::clone(&versions), envoy.admin());
+            threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let seen = version(admin);
+                    let mut versions = versions.lock().unwrap();
+                    if versions[gateway].last() != Some(&seen) {
+                        versions[gateway].push(seen);
+                    }
+                    drop(versions);
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }));
+        }
+        Load {
+            stop,
+            answers,
+            versions,
+            threads,
+        }
+    }
+
+    /// Stops; returns the answers and each gateway's versions in the order
+    /// seen.
+    fn finish(mut self) -> (Vec<Answer>, Vec<Vec<u64>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+        let answers = self.answers.lock().unwrap().clone();
+        let versions = self.versions.lock().unwrap().clone();
+        (answers, versions)
+    }
+}
+
+fn lost(answers: &[Answer]) -> usize {
+    answers.iter().filter(|a| a.backend.is_none()).count()
+}
+
+/// Runs `graylane ARGS` in this process on a thread of its own.
+fn spawn_graylane(args: Vec<String>) -> thread::JoinHandle<Run> {
+    thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        graylane(&args)
+    })
+}
+
+const ANALYSIS: &str = "analysis: {window: 3s, min_requests: 10, max_error_rate: 10, max_latency_ms: 1000}\n";
+
+#[test]
+fn a_healthy_rollout_reaches_promotion_seen_by_both_gateways_in_order() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("healthy");
+    let plan = rig.plan(
+        "healthy.yaml",
+        "5s",
+        &format!("{ANALYSIS}steps:\n  - weight: 10\n  - pause: 1s\n  - weight: 50\n  - analysis: 2s\n  - weight: 80\nfinish: promote\n"),
+    );
+    let load = Load::start(&rig);
+    let run = graylane(&["rollout", plan.to_str().unwrap()]);
+    thread::sleep(Duration::from_millis(500));
+    let (answers, versions) = load.finish();
+    assert_eq!(run.code, 0, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    eprintln!("{}", run.stdout);
+    for expected in ["[1/5] weight 10%: revision", "[2/5] pause 1.0s: ok", "[4/5] analysis 2.0s: ok; subset 0.00% errors", "[finish] promote", "rollout of b/canary: promoted"] {
+        assert!(run.stdout.contains(expected), "{expected:?} not in:\n{}", run.stdout);
+    }
+    // Every write (three weights, the promotion) seen by both gateways, in order.
+    let state = rig.state().unwrap();
+    assert_eq!(state.phase, "promoted");
+    let written: Vec<u64> = state.decisions.iter().filter_map(|d| d.revision).collect();
+    assert_eq!(written.len(), 4, "{state:?}");
+    for (gateway, seen) in versions.iter().enumerate() {
+        let in_order: Vec<u64> = seen.iter().copied().filter(|v| written.contains(v)).collect();
+        assert_eq!(in_order, written, "gateway {gateway} saw versions {seen:?}");
+    }
+    let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
+    assert_eq!(rules["services"][0]["default"], "canary");
+    assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
+    // After promotion the canary takes everything, on both gateways.
+    let promoted = state.decisions.last().unwrap().done_ms;
+    let late: Vec<&Answer> = answers.iter().filter(|a| a.at_ms > promoted + 300).collect();
+    assert!(late.iter().any(|a| a.gateway == 0) && late.iter().any(|a| a.gateway == 1));
+    assert!(late.iter().all(|a| a.backend.as_deref() == Some("b-canary")));
+    assert_eq!(lost(&answers), 0, "requests lost during the rollout");
+    eprintln!(
+        "healthy rollout: {} requests, 0 lost; versions seen per gateway {versions:?}",
+        answers.len()
+    );
+    // A second run: the service's default is now the subset.
+    let again = graylane(&["rollout", plan.to_str().unwrap()]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("canary is already the default subset of b"), "{}", again.stderr);
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_within_a_window_and_a_poll() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("failing");
+    let plan = rig.plan(
+        "failing.yaml",
+        "5s",
+        &format!("{ANALYSIS}steps:\n  - weight: 30\n  - analysis: 20s\nfinish: promote\n"),
+    );
+    let load = Load::start(&rig);
+    let rollout = spawn_graylane(vec!["rollout".into(), plan.display().to_string()]);
+    wait_for(Duration::from_secs(30), "the weight step done", || {
+        rig.state().is_some_and(|s| s.next_step == 1)
+    });
+    thread::sleep(Duration::from_secs(1));
+    let failing_from = now_ms();
+    rig.canary.set(Behaviour {
+        status: 500,
+        delay: Duration::ZERO,
+    });
+    let run = rollout.join().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let (answers, versions) = load.finish();
+    eprintln!("{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, i32::from(EXIT_ROLLED_BACK));
+    assert!(run.stdout.contains("[2/2] analysis 20.0s: FAILED: error rate"), "{}", run.stdout);
+    assert!(run.stderr.contains("rolled back: error rate"), "{}", run.stderr);
+    let state = rig.state().unwrap();
+    assert_eq!(state.phase, "rolled back");
+    let rollback = state.decisions.last().unwrap();
+    let revision = rollback.revision.unwrap();
+    for (gateway, seen) in versions.iter().enumerate() {
+        assert!(seen.contains(&revision), "gateway {gateway} never showed the rollback {revision}: {seen:?}");
+    }
+    // Within one analysis window plus one poll of the first failure (and
+    // the adoption of the rollback; slack for a busy machine).
+    let detected = rollback.started_ms - failing_from;
+    let adopted = rollback.done_ms - rollback.started_ms;
+    assert!(detected <= 3000 + 500 + 1000, "failure detected after {detected} ms");
+    let last_canary = answers
+        .iter()
+        .filter(|a| a.backend.as_deref() == Some("b-canary"))
+        .map(|a| a.at_ms)
+        .max()
+        .unwrap();
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.at_ms > last_canary).collect();
+    assert!(after.iter().any(|a| a.gateway == 0) && after.iter().any(|a| a.gateway == 1));
+    assert!(last_canary <= rollback.done_ms + 200, "canary answered {} ms after every gateway adopted the rollback", last_canary.saturating_sub(rollback.done_ms));
+    assert_eq!(lost(&answers), 0, "requests lost during the rollback");
+    eprintln!(
+        "rollback: failure detected {detected} ms after the canary began failing; rollback adopted by both gateways {adopted} ms after the failed check; \
+         last canary answer {} ms after the failed check; {} requests, {} lost",
+        last_canary as i64 - rollback.started_ms as i64,
+        answers.len(),
+        lost(&answers)
+    );
+    // graylane status shows the weights beside the shares, and the source.
+    let mut args = vec!["status".to_string(), "--window".into(), "1s".into()];
+    for url in rig.admin_urls() {
+        args.extend(["--admin".to_string(), url]);
+    }
+    args.extend(["--etcd".into(), format!("http://{}", rig.etcd.client), "--key".into(), KEY.into()]);
+    let load = Load::start(&rig);
+    let status = spawn_graylane(args).join().unwrap();
+    load.finish();
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    eprintln!("{}", status.stdout);
+    assert!(status.stdout.contains(&format!("source: version {revision}, fetches")), "{}", status.stdout);
+    assert!(status.stdout.contains("b        stable  default  100.00%"), "{}", status.stdout);
+    assert!(status.stdout.contains("b        canary  0%       0.00%"), "{}", status.stdout);
+    let _ = (&rig.stable, &rig.canary);
+}
+
+/// Run by `a_killed_rollout_resumes_where_it_stopped` as a process of its
+/// own (this test binary again), so that it can be killed.
+#[test]
+#[ignore = "a helper process of the resume test"]
+fn rollout_child_process() {
+    let Some(plan) = std::env::var_os("GRAYLANE_ROLLOUT_PLAN") else {
+        return;
+    };
+    let run = graylane(&["rollout", plan.to_str().unwrap()]);
+    std::process::exit(run.code);
+}
+
+#[test]
+fn a_killed_rollout_resumes_where_it_stopped() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("resume");
+    let plan = rig.plan(
+        "resume.yaml",
+        "2s",
+        &format!("{ANALYSIS}steps:\n  - weight: 10\n  - pause: 1s\n  - weight: 40\n  - pause: 3s\nfinish: promote\n"),
+    );
+    let load = Load::start(&rig);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["rollout_child_process", "--exact", "--ignored", "--nocapture"])
+        .env("GRAYLANE_ROLLOUT_PLAN", &plan)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(40), "the rollout in its last pause", || {
+        rig.state().is_some_and(|s| s.next_step == 3)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dead process's lock holds until its lease expires.
+    let refused = graylane(&["rollout", plan.to_str().unwrap()]);
+    assert_eq!(refused.code, i32::from(EXIT_BUSY), "{}", refused.stderr);
+    assert!(refused.stderr.contains("lock expires in"), "{}", refused.stderr);
+    wait_for(Duration::from_secs(10), "the lease expired", || !rig.lock_held());
+    let resumed = graylane(&["rollout", plan.to_str().unwrap()]);
+    let (answers, _) = load.finish();
+    assert_eq!(resumed.code, 0, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(resumed.stdout.starts_with("resuming the rollout of b/canary at step 4/4"), "{}", resumed.stdout);
+    assert!(!resumed.stdout.contains("[1/4]") && !resumed.stdout.contains("[3/4]"), "{}", resumed.stdout);
+    let state = rig.state().unwrap();
+    let steps: Vec<&str> = state.decisions.iter().map(|d| d.step.as_str()).collect();
+    assert_eq!(steps, ["1/4", "2/4", "3/4", "4/4", "finish"]);
+    assert_eq!(state.phase, "promoted");
+    assert_eq!(lost(&answers), 0);
+}
+
+#[test]
+fn a_second_rollout_is_refused_and_abort_rolls_back_the_first() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("second");
+    let plan = rig.plan(
+        "first.yaml",
+        "5s",
+        &format!("{ANALYSIS}steps:\n  - weight: 20\n  - pause: 30s\nfinish: promote\n"),
+    );
+    let other = rig.plan("other.yaml", "5s", "steps:\n  - weight: 50\nfinish: {stop_at: 50}\n");
+    let first = spawn_graylane(vec!["rollout".into(), plan.display().to_string()]);
+    wait_for(Duration::from_secs(30), "the first rollout in its pause", || {
+        rig.state().is_some_and(|s| s.next_step == 1)
+    });
+    let second = graylane(&["rollout", other.to_str().unwrap()]);
+    assert_eq!(second.code, i32::from(EXIT_BUSY));
+    assert!(second.stderr.contains("another rollout of service b is running: {\"holder\":\"pid"), "{}", second.stderr);
+    let paused = graylane(&["rollout", "pause", plan.to_str().unwrap()]);
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    let status = graylane(&["rollout", "status", plan.to_str().unwrap()]);
+    assert!(status.stdout.contains("next step 2/2, paused"), "{}", status.stdout);
+    assert!(status.stdout.contains("canary weight 20%"), "{}", status.stdout);
+    let aborted = graylane(&["rollout", "abort", plan.to_str().unwrap()]);
+    assert_eq!(aborted.code, i32::from(EXIT_ROLLED_BACK), "{}\n{}", aborted.stdout, aborted.stderr);
+    let first = first.join().unwrap();
+    assert_eq!(first.code, i32::from(EXIT_ROLLED_BACK), "{}\n{}", first.stdout, first.stderr);
+    assert!(first.stderr.contains("aborted: aborted by request"), "{}", first.stderr);
+    let state = rig.state().unwrap();
+    assert_eq!(state.phase, "aborted");
+    let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
+    assert_eq!(rules["services"][0]["default"], "stable");
+    assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
+    assert!(!rig.lock_held(), "the lock is released at the end");
+}
