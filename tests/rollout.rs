@@ -54,7 +54,7 @@ fn rules() -> Value {
 /// etcd, the two backends and two gateways reading the rules from etcd.
 struct Rig {
     etcd: Etcd,
-    stable: ControlledBackend,
+    _stable: ControlledBackend,
     canary: ControlledBackend,
     _fallback: EchoBackend,
     gateways: Vec<Envoy>,
@@ -78,7 +78,11 @@ impl Rig {
                     .cluster("b-canary", canary.addr())
                     .cluster("control", etcd.client)
                     .cluster(FALLBACK_CLUSTER, fallback.addr());
-                Envoy::start(&config)
+                // Histograms (the latency check) are merged on the stats
+                // flush: every second here, not every 5 s.
+                let mut bootstrap = config.bootstrap();
+                bootstrap["stats_flush_interval"] = json!("1s");
+                Envoy::start_bootstrap(&config.label, &bootstrap.to_string(), "json")
             })
             .collect();
         for gateway in &gateways {
@@ -88,7 +92,7 @@ impl Rig {
         std::fs::create_dir_all(&dir).unwrap();
         Rig {
             etcd,
-            stable,
+            _stable: stable,
             canary,
             _fallback: fallback,
             gateways,
@@ -285,6 +289,78 @@ fn a_healthy_rollout_reaches_promotion_seen_by_both_gateways_in_order() {
     assert!(again.stderr.contains("canary is already the default subset of b"), "{}", again.stderr);
 }
 
+/// What a rollback took, from the test's clock and the rollout's state.
+struct RolledBack {
+    run: Run,
+    state: State,
+    answers: Vec<Answer>,
+    /// From the fault to the failed check, ms.
+    detected: u64,
+    /// From the failed check to the last answer of the subset, on either
+    /// gateway (negative: none after the check), ms.
+    last_answer: i64,
+}
+
+/// Runs `plan` under traffic; once its first step is done, the subset's
+/// backend turns to `fault`. Waits for the rollout's end and checks that the
+/// rollback reached both gateways, with no request lost.
+fn roll_back_on(rig: &Rig, plan: &std::path::Path, fault: Behaviour) -> RolledBack {
+    let load = Load::start(rig);
+    let rollout = spawn_graylane(vec!["rollout".into(), plan.display().to_string()]);
+    wait_for(Duration::from_secs(30), "the first step done", || {
+        rig.state().is_some_and(|s| s.next_step == 1)
+    });
+    thread::sleep(Duration::from_secs(1));
+    let failing_from = now_ms();
+    rig.canary.set(fault);
+    let run = rollout.join().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    let (answers, versions) = load.finish();
+    eprintln!("{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, i32::from(EXIT_ROLLED_BACK));
+    let state = rig.state().unwrap();
+    assert_eq!(state.phase, "rolled back");
+    let rollback = state.decisions.last().unwrap().clone();
+    let revision = rollback.revision.unwrap();
+    for (gateway, seen) in versions.iter().enumerate() {
+        assert!(seen.contains(&revision), "gateway {gateway} never showed the rollback {revision}: {seen:?}");
+    }
+    let last_canary = answers
+        .iter()
+        .filter(|a| a.backend.as_deref() == Some("b-canary"))
+        .map(|a| a.at_ms)
+        .max()
+        .unwrap();
+    // Both gateways answered after the subset's last answer, all from the
+    // default, and the subset's last answer came before every gateway had
+    // adopted the rollback (its request may have been sent just before).
+    let after: Vec<&Answer> = answers.iter().filter(|a| a.at_ms > last_canary).collect();
+    assert!(after.iter().any(|a| a.gateway == 0) && after.iter().any(|a| a.gateway == 1));
+    assert!(
+        last_canary <= rollback.done_ms + fault.delay.as_millis() as u64 + 200,
+        "the subset answered {} ms after every gateway adopted the rollback",
+        last_canary.saturating_sub(rollback.done_ms)
+    );
+    assert_eq!(lost(&answers), 0, "requests lost during the rollback");
+    let rolled = RolledBack {
+        detected: rollback.started_ms - failing_from,
+        last_answer: last_canary as i64 - rollback.started_ms as i64,
+        run,
+        state,
+        answers,
+    };
+    eprintln!(
+        "rollback: failure found {} ms after the fault; rollback adopted by both gateways {} ms after the failed check; \
+         last answer of the subset {} ms after the failed check; {} requests, {} lost",
+        rolled.detected,
+        rollback.done_ms - rollback.started_ms,
+        rolled.last_answer,
+        rolled.answers.len(),
+        lost(&rolled.answers)
+    );
+    rolled
+}
+
 #[test]
 fn a_failing_canary_is_rolled_back_within_a_window_and_a_poll() {
     let _one = one_at_a_time();
@@ -294,53 +370,12 @@ fn a_failing_canary_is_rolled_back_within_a_window_and_a_poll() {
         "5s",
         &format!("{ANALYSIS}steps:\n  - weight: 30\n  - analysis: 20s\nfinish: promote\n"),
     );
-    let load = Load::start(&rig);
-    let rollout = spawn_graylane(vec!["rollout".into(), plan.display().to_string()]);
-    wait_for(Duration::from_secs(30), "the weight step done", || {
-        rig.state().is_some_and(|s| s.next_step == 1)
-    });
-    thread::sleep(Duration::from_secs(1));
-    let failing_from = now_ms();
-    rig.canary.set(Behaviour {
-        status: 500,
-        delay: Duration::ZERO,
-    });
-    let run = rollout.join().unwrap();
-    thread::sleep(Duration::from_secs(1));
-    let (answers, versions) = load.finish();
-    eprintln!("{}\n{}", run.stdout, run.stderr);
-    assert_eq!(run.code, i32::from(EXIT_ROLLED_BACK));
-    assert!(run.stdout.contains("[2/2] analysis 20.0s: FAILED: error rate"), "{}", run.stdout);
-    assert!(run.stderr.contains("rolled back: error rate"), "{}", run.stderr);
-    let state = rig.state().unwrap();
-    assert_eq!(state.phase, "rolled back");
-    let rollback = state.decisions.last().unwrap();
-    let revision = rollback.revision.unwrap();
-    for (gateway, seen) in versions.iter().enumerate() {
-        assert!(seen.contains(&revision), "gateway {gateway} never showed the rollback {revision}: {seen:?}");
-    }
-    // Within one analysis window plus one poll of the first failure (and
-    // the adoption of the rollback; slack for a busy machine).
-    let detected = rollback.started_ms - failing_from;
-    let adopted = rollback.done_ms - rollback.started_ms;
-    assert!(detected <= 3000 + 500 + 1000, "failure detected after {detected} ms");
-    let last_canary = answers
-        .iter()
-        .filter(|a| a.backend.as_deref() == Some("b-canary"))
-        .map(|a| a.at_ms)
-        .max()
-        .unwrap();
-    let after: Vec<&Answer> = answers.iter().filter(|a| a.at_ms > last_canary).collect();
-    assert!(after.iter().any(|a| a.gateway == 0) && after.iter().any(|a| a.gateway == 1));
-    assert!(last_canary <= rollback.done_ms + 200, "canary answered {} ms after every gateway adopted the rollback", last_canary.saturating_sub(rollback.done_ms));
-    assert_eq!(lost(&answers), 0, "requests lost during the rollback");
-    eprintln!(
-        "rollback: failure detected {detected} ms after the canary began failing; rollback adopted by both gateways {adopted} ms after the failed check; \
-         last canary answer {} ms after the failed check; {} requests, {} lost",
-        last_canary as i64 - rollback.started_ms as i64,
-        answers.len(),
-        lost(&answers)
-    );
+    let rolled = roll_back_on(&rig, &plan, Behaviour { status: 500, delay: Duration::ZERO });
+    assert!(rolled.run.stdout.contains("[2/2] analysis 20.0s: FAILED: error rate"), "{}", rolled.run.stdout);
+    assert!(rolled.run.stderr.contains("rolled back: error rate"), "{}", rolled.run.stderr);
+    // One analysis window (3 s) plus one poll (0.5 s); slack for a busy machine.
+    assert!(rolled.detected <= 3000 + 500 + 1000, "failure found after {} ms", rolled.detected);
+    let revision = rolled.state.decisions.last().unwrap().revision.unwrap();
     // graylane status shows the weights beside the shares, and the source.
     let mut args = vec!["status".to_string(), "--window".into(), "1s".into()];
     for url in rig.admin_urls() {
@@ -355,7 +390,38 @@ fn a_failing_canary_is_rolled_back_within_a_window_and_a_poll() {
     assert!(status.stdout.contains(&format!("source: version {revision}, fetches")), "{}", status.stdout);
     assert!(status.stdout.contains("b        stable  default  100.00%"), "{}", status.stdout);
     assert!(status.stdout.contains("b        canary  0%       0.00%"), "{}", status.stdout);
-    let _ = (&rig.stable, &rig.canary);
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back_on_latency() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("slow");
+    let plan = rig.plan(
+        "slow.yaml",
+        "5s",
+        "analysis: {window: 3s, min_requests: 5, latency_percentile: 90, max_latency_ms: 100}\n\
+         steps:\n  - weight: 30\n  - analysis: 20s\nfinish: promote\n",
+    );
+    let rolled = roll_back_on(&rig, &plan, Behaviour { status: 200, delay: Duration::from_millis(300) });
+    assert!(rolled.run.stdout.contains("FAILED: p90 latency ≤ 500 ms bucket, over 100 ms"), "{}", rolled.run.stdout);
+    // A window and a poll, plus Envoy's stats flush (1 s here).
+    assert!(rolled.detected <= 3000 + 500 + 1000 + 1000, "failure found after {} ms", rolled.detected);
+}
+
+#[test]
+fn a_blue_green_switch_is_switched_back_when_the_new_colour_fails() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("bluegreen");
+    let plan = rig.plan(
+        "bluegreen.yaml",
+        "5s",
+        &format!("{ANALYSIS}steps:\n  - switch: true\n  - analysis: 20s\nfinish: keep\n"),
+    );
+    let rolled = roll_back_on(&rig, &plan, Behaviour { status: 503, delay: Duration::ZERO });
+    assert!(rolled.run.stdout.contains("[1/2] switch: revision"), "{}", rolled.run.stdout);
+    assert!(rolled.run.stdout.contains("FAILED: error rate 100.00% over 10.00%") || rolled.run.stdout.contains("FAILED: error rate"), "{}", rolled.run.stdout);
+    let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
+    assert_eq!(rules["services"][0]["default"], "stable");
 }
 
 /// Run by `a_killed_rollout_resumes_where_it_stopped` as a process of its
