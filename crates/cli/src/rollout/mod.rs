@@ -597,6 +597,7 @@ impl Rollout<'_> {
         let total = plan.steps.len();
         let failed = |why: String| Stop::Failed { why, at_ms: now_ms() };
         for (index, step) in plan.steps.iter().enumerate().skip(state.next_step) {
+            self.hold_while_paused()?;
             let label = format!("{}/{total}", index + 1);
             let action = describe(step);
             let (service, subset) = (plan.service.clone(), plan.subset.clone());
@@ -641,6 +642,34 @@ impl Rollout<'_> {
             self.record(decision, Some(index + 1)).map_err(failed)?;
         }
         Ok(())
+    }
+
+    /// Before a step: waits while the rollout is paused; an abort asked
+    /// meanwhile stops it.
+    fn hold_while_paused(&mut self) -> Result<(), Stop> {
+        let mut said = false;
+        loop {
+            let (state, _) = read_state(&self.etcd, self.plan)
+                .map_err(|why| Stop::Failed { why, at_ms: now_ms() })?
+                .unwrap_or_default();
+            if state.request.as_deref() == Some("abort") {
+                return Err(Stop::Aborted { at_ms: now_ms() });
+            }
+            if !state.paused {
+                return Ok(());
+            }
+            if self.lock.lost() {
+                return Err(Stop::Failed {
+                    why: format!("lost the lock {} (its lease expired)", self.plan.lock_key),
+                    at_ms: now_ms(),
+                });
+            }
+            if !said {
+                self.say("paused: waiting for graylane rollout resume");
+                said = true;
+            }
+            thread::sleep(self.plan.poll);
+        }
     }
 
     fn finish(&mut self) -> Result<Ended, String> {
