@@ -20,6 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_cli::http::Url;
+use graylane_cli::stats::Endpoint;
 use graylane_cli::rollout::{etcd::Etcd as EtcdClient, State, EXIT_BUSY, EXIT_ROLLED_BACK};
 use serde_json::{json, Value};
 use support::controlled::{Behaviour, ControlledBackend};
@@ -102,7 +103,21 @@ impl Rig {
 
     /// Writes a plan: the common head, then `body` (analysis, steps, …).
     fn plan(&self, name: &str, lock_ttl: &str, body: &str) -> PathBuf {
-        let gateways: Vec<String> = self.gateways.iter().map(|g| format!("'http://{}'", g.admin())).collect();
+        self.plan_with(name, lock_ttl, body, false)
+    }
+
+    /// As [`Rig::plan`]; with `prometheus`, the second gateway is read from
+    /// its Prometheus endpoint rather than its admin `/stats`.
+    fn plan_with(&self, name: &str, lock_ttl: &str, body: &str, prometheus: bool) -> PathBuf {
+        let gateways: Vec<String> = self
+            .gateways
+            .iter()
+            .enumerate()
+            .map(|(n, g)| match (n, prometheus) {
+                (1, true) => format!("{{prometheus: 'http://{}/stats/prometheus'}}", g.admin()),
+                _ => format!("'http://{}'", g.admin()),
+            })
+            .collect();
         let text = format!(
             "source: {{etcd: 'http://{}', key: {KEY}}}\nservice: b\nsubset: canary\ngateways: [{}]\n\
              poll: 500ms\nadopt_timeout: 10s\nlock_ttl: {lock_ttl}\n{body}",
@@ -247,10 +262,13 @@ const ANALYSIS: &str = "analysis: {window: 3s, min_requests: 10, max_error_rate:
 fn a_healthy_rollout_reaches_promotion_seen_by_both_gateways_in_order() {
     let _one = one_at_a_time();
     let rig = Rig::start("healthy");
-    let plan = rig.plan(
+    // One gateway read from its admin /stats, the other from its
+    // Prometheus endpoint.
+    let plan = rig.plan_with(
         "healthy.yaml",
         "5s",
         &format!("{ANALYSIS}steps:\n  - weight: 10\n  - pause: 1s\n  - weight: 50\n  - analysis: 2s\n  - weight: 80\nfinish: promote\n"),
+        true,
     );
     let load = Load::start(&rig);
     let run = graylane(&["rollout", plan.to_str().unwrap()]);
@@ -283,6 +301,22 @@ fn a_healthy_rollout_reaches_promotion_seen_by_both_gateways_in_order() {
         "healthy rollout: {} requests, 0 lost; versions seen per gateway {versions:?}",
         answers.len()
     );
+    // The Prometheus endpoint reads as the admin /stats does (no traffic now).
+    let admin = format!("http://{}", rig.gateways[1].admin());
+    let read = |endpoint: Endpoint| endpoint.fetch(Duration::from_secs(5)).unwrap();
+    let by_admin = read(Endpoint::Admin(Url::parse(&admin).unwrap()));
+    let by_prometheus = read(Endpoint::Prometheus(Url::parse(&format!("{admin}/stats/prometheus")).unwrap()));
+    for cluster in ["b-stable", "b-canary"] {
+        let (a, p) = (by_admin.cluster(cluster), by_prometheus.cluster(cluster));
+        assert!(a.requests > 0);
+        assert_eq!((a.requests, a.errors), (p.requests, p.errors), "{cluster}");
+        assert_eq!(a.latency.count(), p.latency.count(), "{cluster}");
+        assert_eq!(
+            by_admin.subset_requests("b", &cluster[2..]),
+            by_prometheus.subset_requests("b", &cluster[2..])
+        );
+    }
+    assert_eq!(by_admin.source(), by_prometheus.source());
     // A second run: the service's default is now the subset.
     let again = graylane(&["rollout", plan.to_str().unwrap()]);
     assert_eq!(again.code, 1);

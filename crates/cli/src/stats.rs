@@ -14,10 +14,19 @@
 //!   503s Envoy answers itself after a reset or a failed connect), resets,
 //!   connect failures and the `upstream_rq_time` histogram.
 //!
+//! The same [`Snapshot`] comes from a Prometheus endpoint when one is given
+//! ([`Endpoint::Prometheus`]: Envoy's `/stats/prometheus`, on the admin
+//! interface or a listener that exposes it): its names are mapped back to the
+//! `/stats` names (`envoy_cluster_upstream_rq_5xx{envoy_cluster_name="c"}` →
+//! `cluster.c.upstream_rq_5xx`, `graylane_source_version` →
+//! `wasmcustom.graylane_source_version`, the request counter with or without
+//! the README's `stats_tags`), histograms from their `_bucket` lines.
+//!
 //! Envoy merges histograms on its stats flush (`stats_flush_interval`, 5 s by
 //! default), so latency lags counters by up to that long.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Url};
@@ -81,6 +90,73 @@ impl Histogram {
             }
         }
     }
+}
+
+/// Where a gateway's statistics are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The admin interface: `/stats` below this URL.
+    Admin(Url),
+    /// A Prometheus exposition of Envoy's statistics, at this URL
+    /// (`/stats/prometheus` when the URL has no path).
+    Prometheus(Url),
+}
+
+impl Endpoint {
+    /// Reads the statistics once.
+    pub fn fetch(&self, timeout: Duration) -> Result<Snapshot, String> {
+        let (url, path) = match self {
+            Endpoint::Admin(url) => (url, "/stats?histogram_buckets=cumulative"),
+            Endpoint::Prometheus(url) if url.prefix.is_empty() => (url, "/stats/prometheus"),
+            Endpoint::Prometheus(url) => (url, ""),
+        };
+        let response = http::get(url, path, timeout)?;
+        if response.status != 200 {
+            return Err(format!("{url}{path} answered {}: {}", response.status, response.text().trim()));
+        }
+        Ok(match self {
+            Endpoint::Admin(_) => Snapshot::parse(&response.text()),
+            Endpoint::Prometheus(_) => Snapshot::parse_prometheus(&response.text()),
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Admin(url) => write!(f, "{url}"),
+            Endpoint::Prometheus(url) => write!(f, "{url} (Prometheus)"),
+        }
+    }
+}
+
+/// One sample of a Prometheus exposition: name, labels, value.
+type Sample<'t> = (&'t str, Vec<(&'t str, &'t str)>, f64);
+
+/// `name{a="x",b="y"} value` → (name, labels, value); `None` for comments
+/// and other shapes.
+fn prometheus_line(line: &str) -> Option<Sample<'_>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => {
+            let labels = rest
+                .strip_suffix('}')?
+                .split("\",")
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once("=\"")?;
+                    Some((key, value.trim_end_matches('"')))
+                })
+                .collect();
+            (name, labels)
+        }
+        None => (series, Vec::new()),
+    };
+    Some((name, labels, value))
 }
 
 /// One reading of a gateway's `/stats`.
@@ -148,19 +224,6 @@ impl ClusterStats {
 }
 
 impl Snapshot {
-    /// Reads `/stats` of the admin interface at `admin`.
-    pub fn fetch(admin: &Url, timeout: Duration) -> Result<Snapshot, String> {
-        let response = http::get(admin, "/stats?histogram_buckets=cumulative", timeout)?;
-        if response.status != 200 {
-            return Err(format!(
-                "{admin}/stats answered {}: {}",
-                response.status,
-                response.text().trim()
-            ));
-        }
-        Ok(Snapshot::parse(&response.text()))
-    }
-
     /// Parses the text form: `name: value` for counters and gauges,
     /// `name: B0.5(i,c) B1(i,c) …` for histograms with cumulative buckets
     /// (`i` since the last flush, `c` since start: `c` is kept). Lines of
@@ -188,6 +251,58 @@ impl Snapshot {
                     histograms.insert(name.to_string(), Histogram { buckets });
                 }
             }
+        }
+        Snapshot {
+            at: Instant::now(),
+            values,
+            histograms,
+        }
+    }
+
+    /// Parses a Prometheus exposition of Envoy's statistics into the
+    /// `/stats` names this module reads (others are kept under their
+    /// Prometheus names).
+    pub fn parse_prometheus(text: &str) -> Snapshot {
+        let mut values = BTreeMap::new();
+        let mut histograms: BTreeMap<String, Histogram> = BTreeMap::new();
+        let requests = graylane_core::metrics::REQUESTS;
+        for (name, labels, value) in text.lines().filter_map(prometheus_line) {
+            let label = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            let count = if value.is_finite() && value > 0.0 { value as u64 } else { 0 };
+            if let (Some(stat), Some(cluster)) = (name.strip_prefix("envoy_cluster_"), label("envoy_cluster_name")) {
+                match (stat.strip_suffix("_bucket"), label("le")) {
+                    (Some(histogram), Some(bound)) => {
+                        if let Ok(bound) = bound.parse::<f64>() {
+                            if bound.is_finite() {
+                                histograms
+                                    .entry(format!("cluster.{cluster}.{histogram}"))
+                                    .or_default()
+                                    .buckets
+                                    .push((bound, count));
+                            }
+                        }
+                    }
+                    _ => {
+                        values.insert(format!("cluster.{cluster}.{stat}"), count);
+                    }
+                }
+            } else if let (Some(service), Some(subset), true) =
+                (label("graylane_service"), label("graylane_subset"), name == requests)
+            {
+                values.insert(format!("{PLUGIN_PREFIX}{requests}.service.{service}.subset.{subset}"), count);
+            } else if let Some((service, subset)) = name
+                .strip_prefix(&format!("{requests}_service_"))
+                .and_then(|rest| rest.rsplit_once("_subset_"))
+            {
+                values.insert(format!("{PLUGIN_PREFIX}{requests}.service.{service}.subset.{subset}"), count);
+            } else if name.starts_with("graylane_") {
+                values.insert(format!("{PLUGIN_PREFIX}{name}"), count);
+            } else if labels.is_empty() {
+                values.insert(name.to_string(), count);
+            }
+        }
+        for histogram in histograms.values_mut() {
+            histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         }
         Snapshot {
             at: Instant::now(),
@@ -364,6 +479,32 @@ mod tests {
         let mut both = window.clone();
         both.add(&window);
         assert_eq!((both.requests, both.latency.count()), (200, 200));
+    }
+
+    #[test]
+    fn prometheus_names_map_to_stats_names() {
+        let text = "# TYPE envoy_cluster_upstream_rq_completed counter\n\
+            envoy_cluster_upstream_rq_completed{envoy_cluster_name=\"b-canary\"} 200\n\
+            envoy_cluster_upstream_rq_5xx{envoy_cluster_name=\"b-canary\"} 10\n\
+            envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"b-canary\",le=\"5\"} 100\n\
+            envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"b-canary\",le=\"0.5\"} 0\n\
+            envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"b-canary\",le=\"50\"} 200\n\
+            envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"b-canary\",le=\"+Inf\"} 200\n\
+            envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"b-canary\"} 900.5\n\
+            graylane_source_version 42\n\
+            graylane_source_fetches_total 7\n\
+            graylane_requests_total{graylane_service=\"b\",graylane_subset=\"canary\"} 150\n\
+            graylane_requests_total_service_b_subset_stable 1000\n\
+            envoy_server_uptime 5\n";
+        let snapshot = Snapshot::parse_prometheus(text);
+        let canary = snapshot.cluster("b-canary");
+        assert_eq!((canary.requests, canary.errors), (200, 10));
+        assert_eq!(canary.latency.buckets, vec![(0.5, 0), (5.0, 100), (50.0, 200)]);
+        assert_eq!(canary.latency.percentile(99.0), Some(50.0));
+        assert_eq!(snapshot.source().version, Some(42));
+        assert_eq!(snapshot.subset_requests("b", "canary"), 150);
+        assert_eq!(snapshot.subset_requests("b", "stable"), 1000);
+        assert_eq!(snapshot.value("envoy_server_uptime"), Some(5));
     }
 
     #[test]

@@ -11,13 +11,16 @@ use serde_json::Value;
 
 use crate::http::Url;
 use crate::rollout::{etcd::Etcd, plan::show_weight, rules};
-use crate::stats::{parse_duration, percent, show_duration, table, Snapshot};
+use crate::stats::{parse_duration, percent, show_duration, table, Endpoint, Snapshot};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// A gateway's admin URL, http://HOST:PORT (repeatable)
-    #[arg(long = "admin", value_name = "URL", required = true)]
+    #[arg(long = "admin", value_name = "URL", required_unless_present = "prometheus")]
     pub admin: Vec<String>,
+    /// A gateway's Prometheus endpoint, instead of its admin URL (repeatable; /stats/prometheus when the URL has no path)
+    #[arg(long = "prometheus", value_name = "URL")]
+    pub prometheus: Vec<String>,
     /// Read the statistics twice this long apart and show what happened in between; 0: totals since start
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub window: Duration,
@@ -72,7 +75,13 @@ fn configured(document: &Value) -> Vec<(String, String, String, Option<String>)>
 
 /// `graylane status`.
 pub fn status(args: &StatusArgs) -> Result<String, String> {
-    let gateways: Vec<Url> = args.admin.iter().map(|url| Url::parse(url)).collect::<Result<_, _>>()?;
+    let mut gateways = Vec::new();
+    for url in &args.admin {
+        gateways.push(Endpoint::Admin(Url::parse(url)?));
+    }
+    for url in &args.prometheus {
+        gateways.push(Endpoint::Prometheus(Url::parse(url)?));
+    }
     let document = rules_document(args)?;
     let timeout = Duration::from_secs(5);
     let first: Vec<Option<Snapshot>> = if args.window.is_zero() {
@@ -80,14 +89,14 @@ pub fn status(args: &StatusArgs) -> Result<String, String> {
     } else {
         let readings = gateways
             .iter()
-            .map(|gateway| Snapshot::fetch(gateway, timeout).map(Some))
+            .map(|gateway| gateway.fetch(timeout).map(Some))
             .collect::<Result<Vec<_>, _>>()?;
         std::thread::sleep(args.window);
         readings
     };
     let mut out = String::new();
     for (gateway, older) in gateways.iter().zip(first) {
-        let newer = Snapshot::fetch(gateway, timeout)?;
+        let newer = gateway.fetch(timeout)?;
         let source = newer.source();
         let over = if args.window.is_zero() {
             "since start".to_string()

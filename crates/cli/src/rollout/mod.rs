@@ -247,7 +247,7 @@ impl Rollout<'_> {
             let mut still = Vec::new();
             for index in pending {
                 let Some(gateway) = self.plan.gateways.get(index) else { continue };
-                match Snapshot::fetch(gateway, Duration::from_secs(2)) {
+                match gateway.fetch(Duration::from_secs(2)) {
                     Ok(snapshot) => {
                         let source = snapshot.source();
                         let seen = snapshot.value("wasmcustom.graylane_source_version").unwrap_or(0);
@@ -314,7 +314,7 @@ impl Rollout<'_> {
         self.plan
             .gateways
             .iter()
-            .map(|gateway| Snapshot::fetch(gateway, Duration::from_secs(2)))
+            .map(|gateway| gateway.fetch(Duration::from_secs(2)))
             .collect()
     }
 
@@ -798,7 +798,7 @@ pub fn status(plan: &Plan) -> Result<String, String> {
         }
     }
     for gateway in &plan.gateways {
-        match Snapshot::fetch(gateway, Duration::from_secs(2)) {
+        match gateway.fetch(Duration::from_secs(2)) {
             Ok(snapshot) => {
                 let source = snapshot.source();
                 text.push_str(&format!(

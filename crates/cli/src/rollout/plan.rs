@@ -11,7 +11,7 @@ use graylane_core::read::{ConfigErrors, Object, Path};
 
 use crate::document::{self, Format, LoadError};
 use crate::http::Url;
-use crate::stats::parse_duration;
+use crate::stats::{parse_duration, Endpoint};
 
 /// What one step does.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,7 @@ pub struct Plan {
     pub lock_key: String,
     pub service: String,
     pub subset: String,
-    pub gateways: Vec<Url>,
+    pub gateways: Vec<Endpoint>,
     pub poll: Duration,
     pub adopt_timeout: Duration,
     pub lock_ttl: u64,
@@ -189,10 +189,8 @@ pub fn read(node: &Node, file: &FilePath) -> Result<Plan, ConfigErrors> {
                 }
             }
             for (index, item) in items.iter().enumerate() {
-                match item.as_str().map(Url::parse) {
-                    Some(Ok(url)) => gateways.push(url),
-                    Some(Err(why)) => errors.push(&path.index(index), item, why),
-                    None => errors.push(&path.index(index), item, graylane_core::read::wrong_type("an admin URL (http://host:port)", item)),
+                if let Some(gateway) = read_gateway(item, &path.index(index), &mut errors) {
+                    gateways.push(gateway);
                 }
             }
         }
@@ -261,6 +259,35 @@ pub fn read(node: &Node, file: &FilePath) -> Result<Plan, ConfigErrors> {
         finish,
         fingerprint: format!("{:016x}", fnv1a(node.to_json().as_bytes())),
     })
+}
+
+/// `"http://host:port"` (the admin interface), `{admin: URL}` or
+/// `{prometheus: URL}`.
+fn read_gateway(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Endpoint> {
+    if let Some(text) = node.as_str() {
+        return Url::parse(text)
+            .map(Endpoint::Admin)
+            .map_err(|why| errors.push(path, node, why))
+            .ok();
+    }
+    if node.as_object().is_none() {
+        errors.push(path, node, graylane_core::read::wrong_type("an admin URL or {admin: URL} or {prometheus: URL}", node));
+        return None;
+    }
+    let mut object = Object::new(node, path, errors)?;
+    let given = (object.has("admin"), object.has("prometheus"));
+    let endpoint = match given {
+        (true, false) => url(&mut object, "admin", errors).map(Endpoint::Admin),
+        (false, true) => url(&mut object, "prometheus", errors).map(Endpoint::Prometheus),
+        _ => {
+            errors.push(path, node, "must have one of admin: URL, prometheus: URL");
+            object.get("admin");
+            object.get("prometheus");
+            None
+        }
+    };
+    object.finish(&[], errors);
+    endpoint
 }
 
 fn read_analysis(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<Analysis> {
@@ -354,7 +381,7 @@ mod tests {
     }
 
     const GOOD: &str = "source: {etcd: 'http://127.0.0.1:2379', key: /graylane/rules}\n\
-        service: b\nsubset: canary\ngateways: ['http://127.0.0.1:9901']\n\
+        service: b\nsubset: canary\ngateways: ['http://127.0.0.1:9901', {prometheus: 'http://127.0.0.1:9902/metrics'}]\n\
         analysis: {window: 10s, min_requests: 20, max_error_rate: 5, max_latency_ms: 500}\n\
         steps:\n  - weight: 5\n  - pause: 2m\n  - analysis: true\n  - weight: 12.5\n  - analysis: 30s\n";
 
@@ -374,6 +401,7 @@ mod tests {
             ]
         );
         assert_eq!(plan.finish, Finish::Promote);
+        assert_eq!(plan.gateways[1].to_string(), "http://127.0.0.1:9902/metrics (Prometheus)");
         let analysis = plan.analysis.unwrap();
         assert_eq!(analysis.max_error_rate, Some(0.05));
         assert_eq!(analysis.latency_percentile, 99.0);
@@ -383,14 +411,15 @@ mod tests {
 
     #[test]
     fn every_mistake_is_named() {
-        let text = "source: {etcd: 'https://x', key: ''}\nservice: b\ngateways: []\nanalysis: {window: 5 days}\n\
+        let text = "source: {etcd: 'https://x', key: ''}\nservice: b\ngateways: [{admin: 'http://a', prometheus: 'http://b'}, 7]\nanalysis: {window: 5 days}\n\
                     steps:\n  - weight: 101\n  - {pause: 1s, weight: 5}\n  - wieght: 5\nfinish: {stop_at: 0.001}\n";
         let errors = plan(text).unwrap_err();
         for expected in [
             "source.etcd: \"https://x\": only http:// URLs are supported",
             "source.key: must not be empty",
             "subset: is required",
-            "gateways: must name at least one",
+            "gateways[0]: must have one of admin: URL, prometheus: URL",
+            "gateways[1]: must be an admin URL or {admin: URL} or {prometheus: URL}, got a number",
             "analysis.window: \"5 days\"",
             "analysis: sets no check",
             "steps[0].weight: must be a percentage from 0 to 100",
