@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_cli::http::Url;
 use graylane_cli::stats::Endpoint;
-use graylane_cli::rollout::{etcd::Etcd as EtcdClient, State, EXIT_BUSY, EXIT_ROLLED_BACK};
+use graylane_cli::rollout::{etcd::Etcd as EtcdClient, State, EXIT_BUSY, EXIT_ROLLED_BACK, ROLLING_BACK};
 use serde_json::{json, Value};
 use support::controlled::{Behaviour, ControlledBackend};
 use support::etcd::Etcd;
@@ -470,6 +470,53 @@ fn rollout_child_process() {
     std::process::exit(run.code);
 }
 
+/// Runs the rollout in a process of its own and kills it once its next
+/// step is `step`.
+fn kill_rollout_at_step(rig: &Rig, plan: &std::path::Path, step: usize) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["rollout_child_process", "--exact", "--ignored", "--nocapture"])
+        .env("GRAYLANE_ROLLOUT_PLAN", plan)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(40), "the rollout at its step", || {
+        rig.state().is_some_and(|s| s.next_step == step)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn an_interrupted_rollback_is_finished_on_resume_not_undone() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("interrupted");
+    let plan = rig.plan(
+        "interrupted.yaml",
+        "2s",
+        &format!("{ANALYSIS}steps:\n  - weight: 40\n  - pause: 30s\nfinish: promote\n"),
+    );
+    kill_rollout_at_step(&rig, &plan, 1);
+    // As if it had been killed after deciding to roll back, before writing
+    // the rollback.
+    let key = format!("{KEY}.rollout.b");
+    let entry = rig.client().get(&key).unwrap().unwrap();
+    let mut state: State = serde_json::from_slice(&entry.value).unwrap();
+    state.phase = ROLLING_BACK.into();
+    rig.client()
+        .put_if(&key, entry.mod_revision, &serde_json::to_vec(&state).unwrap(), 0)
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the lease expired", || !rig.lock_held());
+    let run = graylane(&["rollout", plan.to_str().unwrap()]);
+    assert_eq!(run.code, i32::from(EXIT_ROLLED_BACK), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("rolled back: a rollback was interrupted; finishing it"), "{}", run.stderr);
+    assert!(!run.stdout.contains("[2/2]"), "{}", run.stdout);
+    let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
+    assert_eq!(rules["services"][0]["default"], "stable");
+    assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
+    assert_eq!(rig.state().unwrap().phase, "rolled back");
+}
+
 #[test]
 fn a_killed_rollout_resumes_where_it_stopped() {
     let _one = one_at_a_time();
@@ -480,18 +527,7 @@ fn a_killed_rollout_resumes_where_it_stopped() {
         &format!("{ANALYSIS}steps:\n  - weight: 10\n  - pause: 1s\n  - weight: 40\n  - pause: 3s\nfinish: promote\n"),
     );
     let load = Load::start(&rig);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["rollout_child_process", "--exact", "--ignored", "--nocapture"])
-        .env("GRAYLANE_ROLLOUT_PLAN", &plan)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(Duration::from_secs(40), "the rollout in its last pause", || {
-        rig.state().is_some_and(|s| s.next_step == 3)
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_rollout_at_step(&rig, &plan, 3);
     // The dead process's lock holds until its lease expires.
     let refused = graylane(&["rollout", plan.to_str().unwrap()]);
     assert_eq!(refused.code, i32::from(EXIT_BUSY), "{}", refused.stderr);

@@ -82,6 +82,14 @@ pub struct Decision {
 }
 
 pub const RUNNING: &str = "running";
+/// Written before a rollback: a rollout resumed in this phase finishes the
+/// rollback rather than going on with its steps.
+pub const ROLLING_BACK: &str = "rolling back";
+
+/// Whether a rollout in this phase has not ended.
+pub fn in_progress(phase: &str) -> bool {
+    phase == RUNNING || phase == ROLLING_BACK
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -515,8 +523,9 @@ pub fn run(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
         .map_err(fail)?
         .ok_or_else(|| fail(format!("the rules key {} does not exist in etcd {}", plan.key, plan.etcd)))?;
     let document: Value = serde_json::from_slice(&entry.value).map_err(|e| fail(format!("the rules at {} are not JSON: {e}", plan.key)))?;
-    let state = match read_state(&etcd, plan).map_err(fail)? {
-        Some((state, _)) if state.phase == RUNNING && state.plan != plan.fingerprint => {
+    let previous = read_state(&etcd, plan).map_err(fail)?;
+    if let Some((state, _)) = previous.as_ref().filter(|(state, _)| in_progress(&state.phase)) {
+        if state.plan != plan.fingerprint {
             return Err((
                 EXIT_BUSY,
                 format!(
@@ -525,15 +534,26 @@ pub fn run(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
                 ),
             ));
         }
-        Some((state, _)) if state.phase == RUNNING => {
+    }
+    let resumed = previous
+        .as_ref()
+        .filter(|(state, _)| in_progress(&state.phase))
+        .map(|(state, _)| state.clone());
+    let baseline_default = match &resumed {
+        Some(state) => state.baseline_default.clone(),
+        None => rules::default_of(&document, &plan.service).map_err(fail)?,
+    };
+    if resumed.is_none() && baseline_default == plan.subset {
+        return Err(fail(format!("{} is already the default subset of {}", plan.subset, plan.service)));
+    }
+    let candidate = rules::cluster_of(&document, &plan.service, &plan.subset).map_err(fail)?;
+    let baseline = rules::cluster_of(&document, &plan.service, &baseline_default).map_err(fail)?;
+    let state = match resumed {
+        Some(state) => {
             let _ = writeln!(out, "resuming the rollout of {}/{} at step {}/{}", plan.service, plan.subset, state.next_step + 1, plan.steps.len());
             state
         }
-        previous => {
-            let baseline_default = rules::default_of(&document, &plan.service).map_err(fail)?;
-            if baseline_default == plan.subset {
-                return Err(fail(format!("{} is already the default subset of {}", plan.subset, plan.service)));
-            }
+        None => {
             let state = State {
                 plan: plan.fingerprint.clone(),
                 file: plan.file.display().to_string(),
@@ -554,8 +574,6 @@ pub fn run(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
             state
         }
     };
-    let candidate = rules::cluster_of(&document, &plan.service, &plan.subset).map_err(fail)?;
-    let baseline = rules::cluster_of(&document, &plan.service, &state.baseline_default).map_err(fail)?;
     let mut rollout = Rollout {
         plan,
         etcd: etcd.clone(),
@@ -564,7 +582,15 @@ pub fn run(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
         candidate,
         baseline,
     };
-    let outcome = rollout.steps(&state);
+    // A rollback that was cut short is finished, never undone.
+    let outcome = if state.phase == ROLLING_BACK {
+        Err(Stop::Failed {
+            why: "a rollback was interrupted; finishing it".into(),
+            at_ms: now_ms(),
+        })
+    } else {
+        rollout.steps(&state)
+    };
     let ended = match outcome {
         Ok(()) => rollout.finish(),
         Err(Stop::Failed { why, at_ms }) => rollout.roll_back(&why, at_ms, "rolled back"),
@@ -709,6 +735,7 @@ impl Rollout<'_> {
         let (state, _) = read_state(&self.etcd, plan)?.unwrap_or_default();
         let (service, subset, old) = (plan.service.clone(), plan.subset.clone(), state.baseline_default.clone());
         self.say(&format!("rolling back: {why}"));
+        update_state(&self.etcd, plan, |state| state.phase = ROLLING_BACK.into())?;
         let revision = self.write_rules(&move |d| {
             rules::set_default(d, &service, &old)?;
             rules::set_weight(d, &service, &subset, 0)
@@ -772,7 +799,7 @@ pub fn status(plan: &Plan) -> Result<String, String> {
         return Ok(format!("no rollout of service {} has started (no state at {})\n", plan.service, plan.state_key));
     };
     let mut text = summary(&state);
-    let step = if state.phase == RUNNING {
+    let step = if in_progress(&state.phase) {
         format!("next step {}/{}{}", state.next_step + 1, plan.steps.len(), if state.paused { ", paused" } else { "" })
     } else {
         "ended".into()
@@ -838,7 +865,7 @@ pub fn abort(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
     let Some((state, _)) = read_state(&etcd, plan).map_err(fail)? else {
         return Err(fail(format!("no rollout has started (no state at {})", plan.state_key)));
     };
-    if state.phase != RUNNING {
+    if !in_progress(&state.phase) {
         return Err(fail(format!("the rollout has ended ({}); nothing to abort", state.phase)));
     }
     match Lock::acquire(&etcd, plan) {
@@ -865,7 +892,7 @@ pub fn abort(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
             let deadline = Instant::now() + plan.adopt_timeout + plan.poll * 4 + Duration::from_secs(5);
             loop {
                 let (state, _) = read_state(&etcd, plan).map_err(fail)?.unwrap_or_default();
-                if state.phase != RUNNING {
+                if !in_progress(&state.phase) {
                     return Ok(Ended {
                         code: EXIT_ROLLED_BACK,
                         message: format!("rollout of {}/{}: {}", plan.service, plan.subset, state.phase),
