@@ -579,3 +579,29 @@ fn a_second_rollout_is_refused_and_abort_rolls_back_the_first() {
     assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
     assert!(!rig.lock_held(), "the lock is released at the end");
 }
+
+#[test]
+fn a_gateway_that_does_not_adopt_stops_the_rollout_naming_it() {
+    let _one = one_at_a_time();
+    let rig = Rig::start("stale");
+    let plan = rig.plan("stale.yaml", "5s", "steps:\n  - weight: 20\nfinish: promote\n");
+    // A third gateway whose admin interface does not answer, and a short
+    // adoption timeout.
+    let silent = format!("http://127.0.0.1:{}", support::etcd::free_port());
+    let text = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace("adopt_timeout: 10s", "adopt_timeout: 2s")
+        .replace("gateways: [", &format!("gateways: ['{silent}', "));
+    std::fs::write(&plan, text).unwrap();
+    let run = graylane(&["rollout", plan.to_str().unwrap()]);
+    assert_eq!(run.code, i32::from(EXIT_ROLLED_BACK), "{}\n{}", run.stdout, run.stderr);
+    let expected = format!("rolled back: weight 20% (revision 5): not every gateway adopted revision 5 within 2.0s: {silent}: GET {silent}/stats?histogram_buckets=cumulative: cannot connect");
+    assert!(run.stderr.contains(&expected), "{expected:?} not in {}", run.stderr);
+    assert!(run.stderr.contains("; not every gateway adopted revision 7 within 2.0s"), "{}", run.stderr);
+    // The two gateways that answer did adopt the rollback.
+    for gateway in &rig.gateways {
+        assert!(version(gateway.admin()) >= 7);
+    }
+    let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
+    assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
+}
