@@ -21,10 +21,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use graylane_cli::http::Url;
 use graylane_cli::stats::Endpoint;
+use graylane_cli::rollout::store::{Store, Token};
 use graylane_cli::rollout::{etcd::Etcd as EtcdClient, State, EXIT_BUSY, EXIT_ROLLED_BACK, ROLLING_BACK};
 use serde_json::{json, Value};
 use support::controlled::{Behaviour, ControlledBackend};
 use support::etcd::Etcd;
+use support::rules_store::RulesStore;
 use support::*;
 
 const KEY: &str = "/graylane/rules";
@@ -59,25 +61,49 @@ struct Rig {
     canary: ControlledBackend,
     _fallback: EchoBackend,
     gateways: Vec<Envoy>,
+    /// With the rules on a plain endpoint rather than in etcd.
+    store: Option<RulesStore>,
     dir: PathBuf,
 }
 
 impl Rig {
+    /// The rules in etcd.
     fn start(label: &str) -> Rig {
+        Rig::start_on(label, false)
+    }
+
+    /// With `http`, the rules on a writable plain endpoint (etcd keeps the
+    /// rollout's state and lock).
+    fn start_on(label: &str, http: bool) -> Rig {
         let etcd = Etcd::start(&format!("rollout-{label}"));
-        let revision = etcd.put(KEY, &rules().to_string());
+        let timing = json!({"interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
+        let (mut source, control, store, revision) = if http {
+            let mut document = rules();
+            document["version"] = json!(1);
+            let store = RulesStore::start(&document.to_string());
+            let source = json!({"format": "graylane", "cluster": "control", "path": "/rules",
+                "authority": store.addr().to_string()});
+            (source, store.addr(), Some(store), 1)
+        } else {
+            let revision = etcd.put(KEY, &rules().to_string());
+            let source = json!({"format": "etcd", "cluster": "control", "key": KEY,
+                "authority": etcd.client.to_string()});
+            (source, etcd.client, None, revision)
+        };
+        for (name, value) in timing.as_object().unwrap() {
+            source[name] = value.clone();
+        }
         let stable = ControlledBackend::start("b-stable");
         let canary = ControlledBackend::start("b-canary");
         let fallback = EchoBackend::start(FALLBACK_CLUSTER);
         let mut document = rules();
-        document["source"] = json!({"format": "etcd", "cluster": "control", "key": KEY,
-            "authority": etcd.client.to_string(), "interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
+        document["source"] = source;
         let gateways: Vec<Envoy> = (0..2)
             .map(|n| {
                 let config = EnvoyConfig::new(&format!("rollout-{label}-{n}"), document.to_string())
                     .cluster("b-stable", stable.addr())
                     .cluster("b-canary", canary.addr())
-                    .cluster("control", etcd.client)
+                    .cluster("control", control)
                     .cluster(FALLBACK_CLUSTER, fallback.addr());
                 // Histograms (the latency check) are merged on the stats
                 // flush: every second here, not every 5 s.
@@ -97,6 +123,7 @@ impl Rig {
             canary,
             _fallback: fallback,
             gateways,
+            store,
             dir,
         }
     }
@@ -118,8 +145,12 @@ impl Rig {
                 _ => format!("'http://{}'", g.admin()),
             })
             .collect();
+        let rules = match &self.store {
+            Some(store) => format!("http: 'http://{}/rules'", store.addr()),
+            None => format!("key: {KEY}"),
+        };
         let text = format!(
-            "source: {{etcd: 'http://{}', key: {KEY}}}\nservice: b\nsubset: canary\ngateways: [{}]\n\
+            "source: {{etcd: 'http://{}', {rules}}}\nservice: b\nsubset: canary\ngateways: [{}]\n\
              poll: 500ms\nadopt_timeout: 10s\nlock_ttl: {lock_ttl}\n{body}",
             self.etcd.client,
             gateways.join(", ")
@@ -133,13 +164,20 @@ impl Rig {
         EtcdClient::new(Url::parse(&format!("http://{}", self.etcd.client)).unwrap())
     }
 
+    fn state_key(&self) -> String {
+        match self.store {
+            Some(_) => "/graylane/rollout.b".into(),
+            None => format!("{KEY}.rollout.b"),
+        }
+    }
+
     fn state(&self) -> Option<State> {
-        let entry = self.client().get(&format!("{KEY}.rollout.b")).unwrap()?;
+        let entry = self.client().get(&self.state_key()).unwrap()?;
         Some(serde_json::from_slice(&entry.value).unwrap())
     }
 
     fn lock_held(&self) -> bool {
-        self.client().get(&format!("{KEY}.rollout.b.lock")).unwrap().is_some()
+        self.client().get(&format!("{}.lock", self.state_key())).unwrap().is_some()
     }
 
     fn admin_urls(&self) -> Vec<String> {
@@ -256,6 +294,20 @@ fn spawn_graylane(args: Vec<String>) -> thread::JoinHandle<Run> {
     })
 }
 
+/// The rollout was promoted after `writes` writes, and every gateway
+/// showed each of them, in order.
+fn assert_promoted_in_order(rig: &Rig, versions: &[Vec<u64>], writes: usize) -> State {
+    let state = rig.state().unwrap();
+    assert_eq!(state.phase, "promoted");
+    let written: Vec<u64> = state.decisions.iter().filter_map(|d| d.revision).collect();
+    assert_eq!(written.len(), writes, "{state:?}");
+    for (gateway, seen) in versions.iter().enumerate() {
+        let in_order: Vec<u64> = seen.iter().copied().filter(|v| written.contains(v)).collect();
+        assert_eq!(in_order, written, "gateway {gateway} saw versions {seen:?}");
+    }
+    state
+}
+
 const ANALYSIS: &str = "analysis: {window: 3s, min_requests: 10, max_error_rate: 10, max_latency_ms: 1000}\n";
 
 #[test]
@@ -280,14 +332,7 @@ fn a_healthy_rollout_reaches_promotion_seen_by_both_gateways_in_order() {
         assert!(run.stdout.contains(expected), "{expected:?} not in:\n{}", run.stdout);
     }
     // Every write (three weights, the promotion) seen by both gateways, in order.
-    let state = rig.state().unwrap();
-    assert_eq!(state.phase, "promoted");
-    let written: Vec<u64> = state.decisions.iter().filter_map(|d| d.revision).collect();
-    assert_eq!(written.len(), 4, "{state:?}");
-    for (gateway, seen) in versions.iter().enumerate() {
-        let in_order: Vec<u64> = seen.iter().copied().filter(|v| written.contains(v)).collect();
-        assert_eq!(in_order, written, "gateway {gateway} saw versions {seen:?}");
-    }
+    let state = assert_promoted_in_order(&rig, &versions, 4);
     let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
     assert_eq!(rules["services"][0]["default"], "canary");
     assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
@@ -604,4 +649,37 @@ fn a_gateway_that_does_not_adopt_stops_the_rollout_naming_it() {
     }
     let rules: Value = serde_json::from_slice(&rig.client().get(KEY).unwrap().unwrap().value).unwrap();
     assert!(rules["services"][0]["subsets"][1].get("weight").is_none());
+}
+
+#[test]
+fn a_rollout_over_a_plain_rules_endpoint_replaced_with_if_match() {
+    let _one = one_at_a_time();
+    let rig = Rig::start_on("http", true);
+    let store = rig.store.as_ref().unwrap();
+    let plan = rig.plan(
+        "http.yaml",
+        "5s",
+        &format!("{ANALYSIS}steps:\n  - weight: 20\n  - pause: 1s\n  - weight: 60\n  - analysis: 2s\nfinish: promote\n"),
+    );
+    let load = Load::start(&rig);
+    let run = graylane(&["rollout", plan.to_str().unwrap()]);
+    let (answers, versions) = load.finish();
+    eprintln!("{}", run.stdout);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    // The document's version is what the gateways show: each write's seen
+    // by both, in order.
+    let state = assert_promoted_in_order(&rig, &versions, 3);
+    let written: Vec<u64> = state.decisions.iter().filter_map(|d| d.revision).collect();
+    let document: Value = serde_json::from_str(&store.document()).unwrap();
+    assert_eq!(document["services"][0]["default"], "canary");
+    assert_eq!(document["version"], json!(written[2]));
+    assert_eq!(lost(&answers), 0);
+    // A write on an ETag that is no longer current is refused, not applied.
+    let rules = Store::Http {
+        url: Url::parse(&format!("http://{}/rules", store.addr())).unwrap(),
+    };
+    let (mut read, token) = rules.read().unwrap();
+    assert!(matches!(token, Token::ETag(_)));
+    store.replace(&document.to_string());
+    assert_eq!(rules.write_if(&token, &mut read).unwrap(), None);
 }

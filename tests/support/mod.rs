@@ -53,6 +53,7 @@
 pub mod apisix;
 pub mod controlled;
 pub mod etcd;
+pub mod rules_store;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

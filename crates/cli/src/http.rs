@@ -55,10 +55,11 @@ impl fmt::Display for Url {
     }
 }
 
-/// A response: status and body (headers are not needed here).
+/// A response: status, headers (names lower-cased) and body.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -66,20 +67,39 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// GET `path` (with its query) below `url`.
 pub fn get(url: &Url, path: &str, timeout: Duration) -> Result<Response, String> {
-    request(url, "GET", path, None, timeout)
+    request(url, "GET", path, &[], None, timeout)
 }
 
 /// POST a JSON body to `path` below `url`.
 pub fn post_json(url: &Url, path: &str, body: &str, timeout: Duration) -> Result<Response, String> {
-    request(url, "POST", path, Some(body), timeout)
+    request(url, "POST", path, &[], Some(body), timeout)
 }
 
-fn request(url: &Url, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<Response, String> {
-    let target = format!("{}{path}", url.prefix);
+/// Any method, with extra headers and an optional JSON body.
+pub fn request(
+    url: &Url,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let target = match format!("{}{path}", url.prefix) {
+        target if target.is_empty() => "/".to_string(),
+        target => target,
+    };
     let place = format!("{method} {url}{path}");
     let fail = |why: String| format!("{place}: {why}");
     let address = url
@@ -94,6 +114,12 @@ fn request(url: &Url, method: &str, path: &str, body: Option<&str>, timeout: Dur
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| fail(e.to_string()))?;
     let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", url.authority);
+    for (name, value) in headers {
+        if value.contains(['\r', '\n']) {
+            return Err(fail(format!("header {name}: a value with CR or LF")));
+        }
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         head.push_str(&format!(
             "content-type: application/json\r\ncontent-length: {}\r\n",
@@ -127,6 +153,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Response, String> {
         .ok_or_else(|| format!("not an HTTP answer: {status_line:?}"))?;
     let mut length = None;
     let mut chunked = false;
+    let mut headers = Vec::new();
     loop {
         let line = read_line(reader)?;
         if line.is_empty() {
@@ -136,6 +163,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Response, String> {
             continue;
         };
         let value = value.trim();
+        headers.push((name.to_ascii_lowercase(), value.to_string()));
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().map_err(|_| format!("bad content-length {value:?}"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
@@ -175,7 +203,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<Response, String> {
             .read_to_end(&mut body)
             .map_err(|e| format!("cannot read the answer: {e}"))?;
     }
-    Ok(Response { status, body })
+    Ok(Response { status, headers, body })
 }
 
 #[cfg(test)]
@@ -196,8 +224,9 @@ mod tests {
     #[test]
     fn bodies_by_length_chunks_and_end() {
         let read = |raw: &str| read_response(&mut raw.as_bytes()).unwrap();
-        let answer = read("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        let answer = read("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"7\"\r\n\r\nhello");
         assert_eq!((answer.status, answer.text().as_str()), (200, "hello"));
+        assert_eq!(answer.header("etag"), Some("\"7\""));
         let answer = read("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n");
         assert_eq!(answer.text(), "abcde");
         let answer = read("HTTP/1.1 404 Not Found\r\n\r\nrest");

@@ -19,6 +19,7 @@ mod command;
 pub mod etcd;
 pub mod plan;
 pub mod rules;
+pub mod store;
 
 pub use command::{command, RolloutArgs};
 
@@ -229,20 +230,14 @@ impl Rollout<'_> {
     fn write_rules(&self, change: &dyn Fn(&mut Value) -> Result<(), String>) -> Result<u64, String> {
         let plan = self.plan;
         for _ in 0..10 {
-            let entry = self
-                .etcd
-                .get(&plan.key)?
-                .ok_or_else(|| format!("the rules key {} does not exist in etcd {}", plan.key, plan.etcd))?;
-            let mut document: Value = serde_json::from_slice(&entry.value)
-                .map_err(|e| format!("the rules at {} are not JSON: {e}", plan.key))?;
+            let (mut document, token) = plan.rules.read()?;
             change(&mut document)?;
             rules::check(&document)?;
-            let text = serde_json::to_vec(&document).map_err(|e| e.to_string())?;
-            if let Written::Done(revision) = self.etcd.put_if(&plan.key, entry.mod_revision, &text, 0)? {
-                return Ok(revision);
+            if let Some(version) = plan.rules.write_if(&token, &mut document)? {
+                return Ok(version);
             }
         }
-        Err(format!("the rules at {} keep changing under this write; is another tool writing them?", plan.key))
+        Err(format!("the rules at {} keep changing under this write; is another tool writing them?", plan.rules))
     }
 
     /// Waits until every gateway reports `revision` (or later); the slowest
@@ -518,11 +513,7 @@ pub fn run(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
     let etcd = Etcd::new(plan.etcd.clone());
     let fail = |why: String| (crate::EXIT_INVALID, format!("graylane: rollout of {}/{}: {why}", plan.service, plan.subset));
     let lock = Lock::acquire(&etcd, plan)?;
-    let entry = etcd
-        .get(&plan.key)
-        .map_err(fail)?
-        .ok_or_else(|| fail(format!("the rules key {} does not exist in etcd {}", plan.key, plan.etcd)))?;
-    let document: Value = serde_json::from_slice(&entry.value).map_err(|e| fail(format!("the rules at {} are not JSON: {e}", plan.key)))?;
+    let (document, _) = plan.rules.read().map_err(fail)?;
     let previous = read_state(&etcd, plan).map_err(fail)?;
     if let Some((state, _)) = previous.as_ref().filter(|(state, _)| in_progress(&state.phase)) {
         if state.plan != plan.fingerprint {
@@ -813,16 +804,14 @@ pub fn status(plan: &Plan) -> Result<String, String> {
         )),
         None => text.push_str("no rollout process holds the lock\n"),
     }
-    if let Some(entry) = etcd.get(&plan.key)? {
-        if let Ok(document) = serde_json::from_slice::<Value>(&entry.value) {
-            text.push_str(&format!(
-                "rules revision {}: default {}, {} weight {}\n",
-                entry.mod_revision,
-                rules::default_of(&document, &plan.service).unwrap_or_default(),
-                plan.subset,
-                plan::show_weight(rules::weight_of(&document, &plan.service, &plan.subset).unwrap_or(0))
-            ));
-        }
+    match plan.rules.read() {
+        Ok((document, token)) => text.push_str(&format!(
+            "rules at {token}: default {}, {} weight {}\n",
+            rules::default_of(&document, &plan.service).unwrap_or_default(),
+            plan.subset,
+            plan::show_weight(rules::weight_of(&document, &plan.service, &plan.subset).unwrap_or(0))
+        )),
+        Err(why) => text.push_str(&format!("rules: {why}\n")),
     }
     for gateway in &plan.gateways {
         match gateway.fetch(Duration::from_secs(2)) {
@@ -870,11 +859,7 @@ pub fn abort(plan: &Plan, out: &mut dyn Write) -> Result<Ended, (u8, String)> {
     }
     match Lock::acquire(&etcd, plan) {
         Ok(lock) => {
-            let document: Value = etcd
-                .get(&plan.key)
-                .map_err(fail)?
-                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
-                .ok_or_else(|| fail(format!("cannot read the rules at {}", plan.key)))?;
+            let (document, _) = plan.rules.read().map_err(fail)?;
             let mut rollout = Rollout {
                 plan,
                 etcd: etcd.clone(),

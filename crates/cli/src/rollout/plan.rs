@@ -11,7 +11,15 @@ use graylane_core::read::{ConfigErrors, Object, Path};
 
 use crate::document::{self, Format, LoadError};
 use crate::http::Url;
+use super::etcd::Etcd;
+use super::store::Store;
 use crate::stats::{parse_duration, Endpoint};
+
+/// Where the plan says the rules are.
+enum Rules {
+    Key(String),
+    Http(Url),
+}
 
 /// What one step does.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +63,10 @@ pub struct Analysis {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub file: PathBuf,
+    /// etcd: the rollout's state and lock (and the rules, with `key`).
     pub etcd: Url,
-    /// The rules key the gateways' `source` reads.
-    pub key: String,
+    /// The live rules the gateways' `source` reads.
+    pub rules: Store,
     /// Where the rollout's state is kept, and its lock.
     pub state_key: String,
     pub lock_key: String,
@@ -163,13 +172,26 @@ pub fn read(node: &Node, file: &FilePath) -> Result<Plan, ConfigErrors> {
     let Some(mut root) = Object::new(node, &root_path, &mut errors) else {
         return Err(errors);
     };
-    let (etcd, key) = match root.get("source") {
+    // `key` or `http`, and what the state key defaults to.
+    let (etcd, rules) = match root.get("source") {
         Some((source, path)) => match Object::new(source, &path, &mut errors) {
             Some(mut source) => {
                 let etcd = url(&mut source, "etcd", &mut errors);
-                let key = source.non_empty_string("key", true, &mut errors).map(|(key, _)| key);
+                let rules = match (source.has("key"), source.has("http")) {
+                    (true, false) => source
+                        .non_empty_string("key", true, &mut errors)
+                        .map(|(key, _)| (Rules::Key(key.clone()), format!("{key}.rollout"))),
+                    (false, true) => url(&mut source, "http", &mut errors)
+                        .map(|url| (Rules::Http(url), "/graylane/rollout".to_string())),
+                    _ => {
+                        errors.push(&path, source.node(), "must have one of key: ETCD-KEY (the rules in etcd), http: URL (a rules endpoint taking PUT with If-Match)");
+                        source.get("key");
+                        source.get("http");
+                        None
+                    }
+                };
                 source.finish(&[], &mut errors);
-                (etcd, key)
+                (etcd, rules)
             }
             None => (None, None),
         },
@@ -238,16 +260,23 @@ pub fn read(node: &Node, file: &FilePath) -> Result<Plan, ConfigErrors> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (Some(etcd), Some(key), Some(service), Some(subset)) = (etcd, key, service, subset) else {
+    let (Some(etcd), Some((rules, state_base)), Some(service), Some(subset)) = (etcd, rules, service, subset) else {
         return Err(errors);
     };
-    let state_key = state_key.unwrap_or_else(|| format!("{key}.rollout.{service}"));
+    let state_key = state_key.unwrap_or_else(|| format!("{state_base}.{service}"));
+    let rules = match rules {
+        Rules::Key(key) => Store::Etcd {
+            etcd: Etcd::new(etcd.clone()),
+            key,
+        },
+        Rules::Http(url) => Store::Http { url },
+    };
     Ok(Plan {
         file: file.to_path_buf(),
         etcd,
         lock_key: format!("{state_key}.lock"),
         state_key,
-        key,
+        rules,
         service,
         subset,
         gateways,
@@ -389,6 +418,7 @@ mod tests {
     fn a_plan_reads() {
         let plan = plan(GOOD).unwrap();
         assert_eq!(plan.state_key, "/graylane/rules.rollout.b");
+        assert_eq!(plan.rules.to_string(), "/graylane/rules in etcd http://127.0.0.1:2379");
         assert_eq!(plan.lock_key, "/graylane/rules.rollout.b.lock");
         assert_eq!(
             plan.steps,
@@ -407,6 +437,19 @@ mod tests {
         assert_eq!(analysis.latency_percentile, 99.0);
         assert_eq!(show_weight(1250), "12.5%");
         assert_eq!(weight_json(500), serde_json::json!(5));
+    }
+
+    #[test]
+    fn rules_behind_an_http_endpoint() {
+        let plan = plan(&GOOD.replace("key: /graylane/rules", "http: 'http://rules:8080/b.json'")).unwrap();
+        assert_eq!(plan.rules.to_string(), "http://rules:8080/b.json");
+        assert_eq!(plan.state_key, "/graylane/rollout.b");
+        let both = plan_error(&GOOD.replace("key: /graylane/rules", "key: /k, http: 'http://r'"));
+        assert!(both.contains("source: must have one of key: ETCD-KEY"), "{both}");
+    }
+
+    fn plan_error(text: &str) -> String {
+        plan(text).err().unwrap_or_default()
     }
 
     #[test]
