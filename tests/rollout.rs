@@ -467,8 +467,8 @@ fn a_failing_canary_is_rolled_back_within_a_window_and_a_poll() {
     assert_eq!(status.code, 0, "{}", status.stderr);
     eprintln!("{}", status.stdout);
     assert!(status.stdout.contains(&format!("source: version {revision}, fetches")), "{}", status.stdout);
-    assert!(status.stdout.contains("b        stable  default  100.00%"), "{}", status.stdout);
-    assert!(status.stdout.contains("b        canary  0%       0.00%"), "{}", status.stdout);
+    assert!(status.stdout.contains("b        stable  rest 100%  100.00%"), "{}", status.stdout);
+    assert!(status.stdout.contains("b        canary  0%         0.00%"), "{}", status.stdout);
 }
 
 #[test]

@@ -59,12 +59,19 @@ fn configured(document: &Value) -> Vec<(String, String, String, Option<String>)>
         let name = service.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         let default = rules::default_of(document, &name).unwrap_or_default();
         let subsets = service.get("subsets").and_then(Value::as_array).cloned().unwrap_or_default();
-        for subset in subsets {
-            let subset_name = subset.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let names: Vec<String> = subsets
+            .iter()
+            .map(|subset| subset.get("name").and_then(Value::as_str).unwrap_or_default().to_string())
+            .collect();
+        let weight = |subset: &str| rules::weight_of(document, &name, subset).unwrap_or(0);
+        // The default takes what the weights leave (of the traffic no tag
+        // or match entry claimed).
+        let weighted: u32 = names.iter().filter(|n| **n != default).map(|n| weight(n)).sum();
+        for (subset, subset_name) in subsets.iter().zip(names.iter().cloned()) {
             let weight = if subset_name == default {
-                "default".to_string()
+                format!("rest {}", show_weight(10_000u32.saturating_sub(weighted)))
             } else {
-                show_weight(rules::weight_of(document, &name, &subset_name).unwrap_or(0))
+                show_weight(weight(&subset_name))
             };
             let cluster = subset.get("cluster").and_then(Value::as_str).map(str::to_string);
             rows.push((name.clone(), subset_name, weight, cluster));
