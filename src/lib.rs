@@ -420,6 +420,7 @@ impl HttpContext for GraylaneRequest {
             let applied = match edit {
                 HeaderEdit::Remove(name) => host::remove_request_header(name),
                 HeaderEdit::Set(name, value) => host::set_request_header(name, value),
+                HeaderEdit::SetOwned(name, value) => host::set_request_header(name, value),
             };
             if let Err(status) = applied {
                 // A header the plugin could not strip or set could let a

@@ -267,6 +267,48 @@ fn envoy_configs_pass_envoy_validate() {
 }
 
 #[test]
+fn a_configuration_with_fallbacks_passes_envoy_validate() {
+    let wasm = wasm_path().to_str().unwrap();
+    let run = graylane(&[
+        "envoy",
+        "filters/examples/two-services.yaml",
+        "--wasm",
+        wasm,
+        "--fallback-to-default",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = &run.stdout;
+    assert!(text.contains("--fallback-to-default"), "the header records the flag");
+    assert!(text.contains("envoy.clusters.aggregate"), "{text}");
+    assert!(text.contains("~endpoints"), "{text}");
+    assert!(text.contains("retry_on: connect-failure,refused-stream"), "{text}");
+    let (ok, log) = validate("generated-fallbacks", text);
+    assert!(ok, "envoy refused the config:\n{log}");
+}
+
+#[test]
+fn configurations_that_mirror_or_pin_pass_envoy_validate() {
+    let wasm = wasm_path().to_str().unwrap();
+    let run = graylane(&["envoy", "filters/examples/mirror.json", "--wasm", wasm]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = &run.stdout;
+    assert!(text.contains("cluster_header: x-graylane-mirror"), "{text}");
+    assert!(text.contains("- remove: x-graylane-mirror"), "the guard covers the mirror header: {text}");
+    let (ok, log) = validate("generated-mirror", text);
+    assert!(ok, "envoy refused the config:\n{log}");
+    // Rules that do not mirror (or pin) get no mirror policy (or cookie copy).
+    let plain = graylane(&["envoy", "filters/examples/canary.json", "--wasm", wasm]);
+    assert!(!plain.stdout.contains("request_mirror_policies"));
+    assert!(!plain.stdout.contains("response_headers_to_add"));
+    let run = graylane(&["envoy", "filters/examples/pin.json", "--wasm", wasm]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("value: '%REQ(x-graylane-pin-cookie)%'"), "{}", run.stdout);
+    assert!(run.stdout.contains("- remove: x-graylane-pin-cookie"), "{}", run.stdout);
+    let (ok, log) = validate("generated-pin", &run.stdout);
+    assert!(ok, "envoy refused the config:\n{log}");
+}
+
+#[test]
 fn envoy_validate_refuses_what_it_should() {
     // The check above can fail: a missing plugin file is refused...
     let run = graylane(&[

@@ -949,3 +949,53 @@ fn after_a_vm_crash_fail_reload_refuses_then_recovers_where_fail_open_obeys_the_
         .any(|outcome| outcome == "canary");
     assert!(obeyed, "FAIL_OPEN no longer forwards unrouted requests after a crash; revisit the failure policy note");
 }
+
+/// Lanes in W3C Baggage (`tag_baggage_key`): a trusted hop routes by the
+/// `lane` member and writes it; an untrusted edge strips only that member.
+#[test]
+fn lanes_travel_in_w3c_baggage() {
+    let rules = |trust: bool| {
+        json!({"tag_baggage_key": "lane", "trust_tag": trust, "services": [{
+            "name": "b", "default": "stable",
+            "subsets": [
+                {"name": "stable", "cluster": "b-stable"},
+                {"name": "canary", "cluster": "b-canary",
+                 "match": [{"headers": [{"name": "x-tester", "present": true}]}]}
+            ]}]})
+    };
+    let inner = Gateway::start("baggage-trusted", &rules(true));
+    let edge = Gateway::start("baggage-edge", &rules(false));
+    let baggage = |response: &Response| {
+        let echo = response.echo();
+        (echo.backend.clone(), echo.header("baggage").map(str::to_string), echo.header("x-gray-tag").map(str::to_string))
+    };
+    let mut inner_client = inner.client();
+    let mut edge_client = edge.client();
+    // (what, response, (backend, baggage, tag) the upstream must receive)
+    type Expected<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+    let cases: Vec<(&str, Response, Expected<'_>)> = vec![
+        ("trusted: the lane member routes, the tag header is written too",
+         inner_client.send(&Request::get("/").header("baggage", "userId=42,lane=canary;ttl=3")),
+         ("b-canary", Some("userId=42,lane=canary;ttl=3"), Some("canary"))),
+        ("trusted: a match writes the member, others kept",
+         inner_client.send(&Request::get("/").header("x-tester", "1").header("baggage", "userId=42")),
+         ("b-canary", Some("userId=42,lane=canary"), Some("canary"))),
+        ("trusted: an unknown lane goes to the default and is kept for the next hop",
+         inner_client.send(&Request::get("/").header("baggage", "lane=blue")),
+         ("b-stable", Some("lane=blue"), None)),
+        ("edge: the client's lane member is stripped, the others kept",
+         edge_client.send(&Request::get("/").header("baggage", "userId=42, lane=canary")),
+         ("b-stable", Some("userId=42"), None)),
+        ("edge: a header of only the lane is removed",
+         edge_client.send(&Request::get("/").header("baggage", "lane=canary")),
+         ("b-stable", None, None)),
+    ];
+    let mut failures = Vec::new();
+    for (what, response, (backend, bag, tag)) in &cases {
+        let (got_backend, got_bag, got_tag) = baggage(response);
+        if got_backend != *backend || got_bag.as_deref() != *bag || got_tag.as_deref() != *tag {
+            failures.push(format!("{what}: want {backend} {bag:?} {tag:?}, got {got_backend} {got_bag:?} {got_tag:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

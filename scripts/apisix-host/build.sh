@@ -62,7 +62,7 @@ done
 packages=(nginx nginx-dev libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lua-cjson)
 missing=()
 for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep 'install ok installed' >/dev/null \
         || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -96,12 +96,12 @@ mkdir -p "$prefix"
 # --- wasmtime C API 0.38: the library from PyPI's wheel, headers vendored --
 downloads=$prefix/downloads
 mkdir -p "$downloads"
-wheel=$(find "$downloads" -maxdepth 1 -name 'wasmtime-0.38.0-*.whl' | head -1)
+wheel=$(find "$downloads" -maxdepth 1 -name 'wasmtime-0.38.0-*.whl' -print -quit)
 if [ -z "$wheel" ]; then
     say "pip download wasmtime==0.38.0"
     python3 -m pip download -q --no-deps --only-binary=:all: -d "$downloads" 'wasmtime==0.38.0' \
         || die "pip download wasmtime==0.38.0 (PyPI must be reachable)"
-    wheel=$(find "$downloads" -maxdepth 1 -name 'wasmtime-0.38.0-*.whl' | head -1)
+    wheel=$(find "$downloads" -maxdepth 1 -name 'wasmtime-0.38.0-*.whl' -print -quit)
     [ -n "$wheel" ] || die "pip downloaded no wasmtime-0.38.0 wheel into $downloads"
 fi
 rm -rf "$prefix/wasmtime"
@@ -172,7 +172,7 @@ http { wasm_vm wasmtime; }
 EOF
 nginx -t -q -p "$check" -c "$check/nginx.conf" > "$check/logs/test.log" 2>&1 \
     || die "nginx -t with the module: $(cat "$check/logs/test.log")"
-ldd "$prefix/modules/ngx_http_wasm_module.so" | grep -q "$prefix/wasmtime/lib/libwasmtime.so" \
+ldd "$prefix/modules/ngx_http_wasm_module.so" | grep "$prefix/wasmtime/lib/libwasmtime.so" >/dev/null \
     || die "the module does not link $prefix/wasmtime/lib/libwasmtime.so: $(ldd "$prefix/modules/ngx_http_wasm_module.so")"
 
 echo "$key" > "$prefix/build.stamp"

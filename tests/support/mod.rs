@@ -438,6 +438,9 @@ pub struct EnvoyConfig {
     pub guard_cluster_header: bool,
     /// A label for the scratch directory and log file names.
     pub label: String,
+    /// Subset clusters falling back to a default cluster (`graylane envoy
+    /// --fallback-to-default`).
+    pub fallbacks: Vec<graylane_cli::envoy::Fallback>,
 }
 
 impl EnvoyConfig {
@@ -457,12 +460,23 @@ impl EnvoyConfig {
             wasm: wasm_path().to_path_buf(),
             guard_cluster_header: false,
             label: label.to_string(),
+            fallbacks: Vec::new(),
         }
     }
 
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> EnvoyConfig {
         self.clusters.push((name.to_string(), addr));
         self
+    }
+
+    /// The document's `header` setting (or `default`) when the document uses
+    /// the feature `field` anywhere.
+    fn header_if_used(&self, field: &str, header: &str, default: &str) -> Option<String> {
+        let document = serde_json::from_str::<Value>(&self.plugin_json).ok()?;
+        if !document.to_string().contains(&format!("\"{field}\"")) {
+            return None;
+        }
+        Some(document[header].as_str().unwrap_or(default).to_string())
     }
 
     /// The bootstrap: the configuration `graylane envoy` writes, on
@@ -478,6 +492,11 @@ impl EnvoyConfig {
         bootstrap.fallback_cluster = self.fallback_cluster.clone();
         bootstrap.failure_policy = self.failure_policy.clone();
         bootstrap.guard_cluster_header = self.guard_cluster_header;
+        bootstrap.fallbacks = self.fallbacks.clone();
+        // As `graylane envoy` does: the cookie copy only for rules that pin,
+        // the mirror policy only for rules that mirror.
+        bootstrap.pin_header = self.header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie");
+        bootstrap.mirror_header = self.header_if_used("mirror", "mirror_header", "x-graylane-mirror");
         bootstrap.clusters = self
             .clusters
             .iter()

@@ -90,6 +90,32 @@ pub struct Bootstrap {
     pub guard_cluster_header: bool,
     /// `X-Forwarded-For` hops before this gateway that are trusted.
     pub trusted_hops: u32,
+    /// Subset clusters that fall back to their service's default cluster
+    /// while none of their endpoints can take a request.
+    pub fallbacks: Vec<Fallback>,
+    /// The rules mirror (`subsets[].mirror`): the header the plugin names the
+    /// copy's cluster in. Guarded like the cluster header.
+    pub mirror_header: Option<String>,
+    /// The rules pin browsers (`pin_cookie`): the request header the plugin
+    /// puts the cookie in, copied into the response as `set-cookie`.
+    pub pin_header: Option<String>,
+}
+
+/// A subset cluster and the default cluster its traffic goes to while the
+/// subset is down. The cluster the plugin names becomes an aggregate of the
+/// subset's own endpoints (`<cluster>~endpoints`, with outlier detection
+/// that ejects an endpoint on its first connection failure) and then the
+/// default cluster; the route retries connection failures, so the retry
+/// finds the ejected endpoint gone and spills to the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub cluster: String,
+    pub default: String,
+}
+
+/// The name the subset's own endpoints take when its cluster falls back.
+pub fn endpoints_cluster_name(cluster: &str) -> String {
+    format!("{cluster}~endpoints")
 }
 
 impl Bootstrap {
@@ -107,18 +133,73 @@ impl Bootstrap {
             failure_policy: "FAIL_RELOAD".to_string(),
             guard_cluster_header: true,
             trusted_hops: 0,
+            fallbacks: Vec::new(),
+            mirror_header: None,
+            pin_header: None,
         }
+    }
+
+    /// Every cluster of the configuration: the plain ones, and for a subset
+    /// that falls back, its endpoints and the aggregate the plugin names.
+    fn cluster_values(&self) -> Vec<Value> {
+        let mut values = Vec::new();
+        for plain in &self.clusters {
+            let Some(fallback) = self.fallbacks.iter().find(|f| f.cluster == plain.name) else {
+                values.push(cluster(plain));
+                continue;
+            };
+            let endpoints_name = endpoints_cluster_name(&plain.name);
+            let mut endpoints = cluster(&Cluster {
+                name: endpoints_name.clone(),
+                ..plain.clone()
+            });
+            if let Some(object) = endpoints.as_object_mut() {
+                object.insert(
+                    "outlier_detection".into(),
+                    json!({
+                        "split_external_local_origin_errors": true,
+                        "consecutive_local_origin_failure": 1,
+                        "enforcing_consecutive_local_origin_failure": 100,
+                        "consecutive_gateway_failure": 3,
+                        "enforcing_consecutive_gateway_failure": 100,
+                        "interval": "1s",
+                        "base_ejection_time": "2s",
+                        "max_ejection_time": "10s",
+                        "max_ejection_percent": 100
+                    }),
+                );
+            }
+            values.push(endpoints);
+            values.push(json!({
+                "name": plain.name,
+                "connect_timeout": "1s",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "cluster_type": {
+                    "name": "envoy.clusters.aggregate",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                        "clusters": [endpoints_name, fallback.default]
+                    }
+                }
+            }));
+        }
+        values
     }
 
     /// The configuration as a JSON value (Envoy reads JSON as well as YAML).
     pub fn to_value(&self) -> Value {
         let header = self.cluster_header.as_str();
         let early_header_mutations: Vec<Value> = if self.guard_cluster_header {
+            let mutations: Vec<Value> = std::iter::once(header)
+                .chain(self.mirror_header.as_deref())
+                .chain(self.pin_header.as_deref())
+                .map(|name| json!({"remove": name}))
+                .collect();
             vec![json!({
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    "mutations": [{"remove": header}]
+                    "mutations": mutations
                 }
             })]
         } else {
@@ -165,7 +246,7 @@ impl Bootstrap {
                             {
                                 "name": "graylane-chosen-cluster",
                                 "match": {"prefix": "/", "headers": [{"name": header, "present_match": true}]},
-                                "route": {"cluster_header": header}
+                                "route": chosen_route(header, !self.fallbacks.is_empty(), self.mirror_header.as_deref())
                             },
                             {
                                 "name": "graylane-fallback",
@@ -184,6 +265,15 @@ impl Bootstrap {
                 ]
             }
         });
+        let mut manager = manager;
+        if let (Some(pin_header), Some(virtual_host)) = (
+            self.pin_header.as_deref(),
+            manager.pointer_mut("/typed_config/route_config/virtual_hosts/0"),
+        ) {
+            if let Some(object) = virtual_host.as_object_mut() {
+                object.insert("response_headers_to_add".into(), pin_cookie_copy(pin_header));
+            }
+        }
         let mut config = json!({
             "static_resources": {
                 "listeners": [{
@@ -191,7 +281,7 @@ impl Bootstrap {
                     "address": socket_address(&self.listen.ip().to_string(), self.listen.port()),
                     "filter_chains": [{"filters": [manager]}]
                 }],
-                "clusters": self.clusters.iter().map(cluster).collect::<Vec<_>>()
+                "clusters": self.cluster_values()
             },
             "stats_config": {"stats_tags": stats_tags()}
         });
@@ -265,10 +355,70 @@ const COMMENTS: &[(&str, &str)] = &[
          which would forward requests unrouted, with the client's own header.",
     ),
     (
+        "response_headers_to_add:",
+        "A pin cookie (pin_cookie): the bucket the plugin drew for a browser without\n\
+         a sticky key, set on the response; nothing when no pin was drawn.",
+    ),
+    (
+        "request_mirror_policies:",
+        "A copy of the request goes to the cluster the plugin names in the mirror\n\
+         header (subsets[].mirror); its answer is dropped, the client gets the\n\
+         chosen cluster's.",
+    ),
+    (
+        "cluster_type:",
+        "Falls back to the service's default cluster while every endpoint of the\n\
+         subset is ejected; with several endpoints, traffic spills over in part as\n\
+         they go (Envoy's priority levels, overprovisioning factor 1.4).",
+    ),
+    (
+        "outlier_detection:",
+        "An endpoint is ejected on its first connection failure and tried again\n\
+         after 2 s (longer each time it fails again, at most 10 s).",
+    ),
+    (
         "stats_config:",
         "graylane_requests_total.service.<s>.subset.<x> as labels for Prometheus.",
     ),
 ];
+
+/// The route to the cluster the plugin chose; with fallbacks, connection
+/// failures are retried (the request was never sent, so even a POST is safe
+/// to retry), which is what carries a request over to the default subset.
+fn chosen_route(header: &str, fallbacks: bool, mirror_header: Option<&str>) -> Value {
+    let mut route = json!({"cluster_header": header});
+    let Some(object) = route.as_object_mut() else {
+        return route;
+    };
+    if fallbacks {
+        object.insert(
+            "retry_policy".into(),
+            json!({
+                "retry_on": "connect-failure,refused-stream",
+                "num_retries": 2,
+                "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"}
+            }),
+        );
+    }
+    if let Some(mirror) = mirror_header {
+        // A request without the header (not in the share) is not copied.
+        object.insert(
+            "request_mirror_policies".into(),
+            json!([{"cluster_header": mirror}]),
+        );
+    }
+    route
+}
+
+/// `set-cookie` from the pin header the plugin wrote on the request; an
+/// empty value (no pin drawn) adds nothing.
+fn pin_cookie_copy(header: &str) -> Value {
+    json!([{
+        "header": {"key": "set-cookie", "value": format!("%REQ({header})%")},
+        "append_action": "APPEND_IF_EXISTS_OR_ADD",
+        "keep_empty_value": false
+    }])
+}
 
 fn socket_address(address: &str, port: u16) -> Value {
     json!({"socket_address": {"address": address, "port_value": port}})

@@ -81,6 +81,7 @@ fn describe_edits(edits: &[HeaderEdit<'_>]) -> Vec<String> {
         .map(|edit| match edit {
             HeaderEdit::Remove(name) => format!("remove {name}"),
             HeaderEdit::Set(name, value) => format!("set {name}: {value}"),
+            HeaderEdit::SetOwned(name, value) => format!("set {name}: {value}"),
         })
         .collect()
 }
@@ -238,6 +239,30 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     }
     if failed.len() > MAX_TRIED_SHOWN {
         line("", &format!("… and {} more", failed.len() - MAX_TRIED_SHOWN));
+    }
+    if let Some(mirror) = &service.mirror {
+        let target = service.subsets.get(mirror.subset);
+        let copied = decision
+            .edits
+            .iter()
+            .any(|edit| matches!(edit, HeaderEdit::Set(name, _) if *name == rules.mirror_header));
+        let this_one = if copied {
+            "this request is copied"
+        } else if decision.subset == Some(mirror.subset) {
+            "this request is served there, not copied"
+        } else {
+            "this request is not copied (not drawn, or not one of the methods)"
+        };
+        line(
+            "mirror",
+            &format!(
+                "{} of the {} requests the other subsets serve are copied to {} (cluster {}), whose answers are dropped; {this_one}",
+                percent(mirror.share),
+                mirror.methods.join(", "),
+                target.map_or("?", |s| s.name.as_str()),
+                target.map_or("?", |s| s.cluster.as_str()),
+            ),
+        );
     }
     if !service.weight_table().is_empty() {
         for (position, (first, last, subset)) in service.bucket_layout().into_iter().enumerate() {

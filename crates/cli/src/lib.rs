@@ -10,8 +10,11 @@
 pub mod document;
 pub mod envoy;
 pub mod explain;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod yaml;
 pub mod request;
+pub mod schema;
 pub mod simulate;
 #[cfg(feature = "rollout")]
 pub mod http;
@@ -39,7 +42,7 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "graylane",
-    version,
+    version = graylane_core::VERSION,
     about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them",
     long_about = "Check, explain and simulate graylane canary / blue-green rules, and write an Envoy config for them.\n\n\
         Rule documents are the plugin's JSON document, or the same in YAML (by extension, .json / .yaml / .yml, \
@@ -54,6 +57,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print the JSON Schema of the rule document (for editors; `graylane check` is the authority)
+    #[command(
+        long_about = "Print a JSON Schema (draft 2020-12) of the plugin's document, for editors completing and \
+            checking graylane.json or WasmPlugin.pluginConfig. The repository publishes it as \
+            schema/graylane.schema.json. What a schema cannot say (a default naming a subset of its service, \
+            weights summing to at most 100, repeated names, regexes that compile, the limits) only \
+            `graylane check` refuses."
+    )]
+    Schema,
     /// Validate a rule document; print every refusal as FILE:LINE:COLUMN: PATH: REASON
     #[command(
         long_about = "Validate a rule document as the plugin would when configured.\n\n\
@@ -106,6 +118,10 @@ enum Command {
             Check it with: envoy --mode validate -c envoy.yaml (this loads the plugin and configures it)."
     )]
     Envoy(EnvoyArgs),
+    /// The plugin as an OCI image for Istio and Envoy Gateway: build a layout, print the digest, push
+    #[cfg(feature = "image")]
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Show what gateways do now: weights beside observed shares, error rates, the live source
     #[cfg(feature = "rollout")]
     #[command(
@@ -125,6 +141,70 @@ enum Command {
             of the service runs (or one of another plan is in progress)."
     )]
     Rollout(rollout::RolloutArgs),
+}
+
+/// `graylane image …`.
+#[cfg(feature = "image")]
+#[derive(Debug, Subcommand)]
+#[command(
+    long_about = "The plugin's .wasm as the OCI image Istio (WasmPlugin url: oci://…) and Envoy Gateway \
+        (code.type: Image) pull: one image manifest whose only layer is a gzipped tar \
+        (application/vnd.oci.image.layer.v1.tar+gzip) holding plugin.wasm.\n\n\
+        The image is reproducible: the same .wasm gives the same manifest digest on every machine. Its hex is \
+        the sha256 that WasmPlugin and Envoy Gateway's code.image take."
+)]
+enum ImageCommand {
+    /// Write the image as an OCI image layout directory
+    Build {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+        /// The layout directory (created; an index.json there is replaced)
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+        /// The tag recorded in index.json [default: graylane's version]
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Print the image's manifest digest (sha256:<hex>) without writing or pushing anything
+    Digest {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+    },
+    /// Push the image to a registry and print its manifest digest (sha256:<hex>)
+    #[command(
+        long_about = "Push the image to a registry (OCI distribution API) and print its manifest digest, \
+            sha256:<hex>, on standard output; notes go to standard error.\n\n\
+            Credentials: --username and --password, else Docker's config.json ($DOCKER_CONFIG or ~/.docker: \
+            auths and credential helpers), else none. Token and HTTP Basic authentication both work for the push; \
+            note that Istio 1.27.8+, 1.28.5+, 1.29.1+ and 1.30+ cannot pull from a registry that asks for HTTP \
+            Basic authentication.\n\n\
+            Plain HTTP for a registry on loopback (localhost, 127.0.0.0/8, [::1]) or with --plain-http; HTTPS \
+            otherwise.\n\n\
+            Example: graylane image push --wasm target/wasm32-wasip1/release/graylane.wasm \
+            registry.example.com/graylane/graylane:0.1.0"
+    )]
+    Push {
+        /// The plugin (target/wasm32-wasip1/release/graylane.wasm)
+        #[arg(long)]
+        wasm: PathBuf,
+        /// Where: REGISTRY/REPOSITORY[:TAG] (no tag: latest)
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Registry user name (with --password)
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// Registry password or token (with --username)
+        #[arg(long, requires = "username")]
+        password: Option<String>,
+        /// Upload each blob in one PUT instead of chunks
+        #[arg(long)]
+        monolithic: bool,
+        /// Plain HTTP even though the registry is not on loopback
+        #[arg(long)]
+        plain_http: bool,
+    },
 }
 
 /// A request described by flags.
@@ -242,6 +322,10 @@ struct EnvoyArgs {
     /// Proxies of yours in front of this gateway whose X-Forwarded-For is trusted
     #[arg(long, default_value_t = 0)]
     trusted_hops: u32,
+    /// While every endpoint of a non-default subset is down, send its requests to the service's default
+    /// cluster (an aggregate cluster per subset, outlier detection, retries of connection failures)
+    #[arg(long)]
+    fallback_to_default: bool,
 }
 
 /// Runs the command with these arguments (the first is the program name) and
@@ -286,6 +370,9 @@ where
         } => explain(&file, &request, json),
         Command::Simulate(args) => simulate(&args),
         Command::Envoy(args) => envoy(&args),
+        Command::Schema => Ok(schema::document_schema_text()),
+        #[cfg(feature = "image")]
+        Command::Image(command) => image_command(command, stderr),
         #[cfg(feature = "rollout")]
         Command::Status(args) => status::status(&args).map_err(|message| Failure {
             code: EXIT_INVALID,
@@ -518,6 +605,15 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     bootstrap.fallback_cluster = args.fallback_cluster.clone();
     bootstrap.failure_policy = args.failure_policy.clone();
     bootstrap.trusted_hops = args.trusted_hops;
+    if args.fallback_to_default {
+        bootstrap.fallbacks = fallbacks(&document.rules).map_err(usage)?;
+    }
+    if document.rules.services.iter().any(|service| service.mirror.is_some()) {
+        bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
+    }
+    if document.rules.services.iter().any(|service| service.pin.is_some()) {
+        bootstrap.pin_header = Some(document.rules.pin_header.clone());
+    }
     let mut stub_port = args.stub_port_base;
     for name in names {
         let mut given: Vec<envoy::Endpoint> = endpoints
@@ -582,7 +678,41 @@ fn envoy_command_line(args: &EnvoyArgs, wasm: &str) -> String {
     if args.trusted_hops != 0 {
         line.push_str(&format!(" --trusted-hops {}", args.trusted_hops));
     }
+    if args.fallback_to_default {
+        line.push_str(" --fallback-to-default");
+    }
     line
+}
+
+/// Each non-default subset cluster and the default cluster of its service;
+/// a cluster that two services would send to different defaults cannot
+/// fall back to both.
+fn fallbacks(rules: &graylane_core::rules::Rules) -> Result<Vec<envoy::Fallback>, String> {
+    let mut fallbacks: Vec<envoy::Fallback> = Vec::new();
+    for service in &rules.services {
+        let Some(default) = service.subsets.get(service.default) else {
+            continue;
+        };
+        for subset in &service.subsets {
+            if subset.cluster == default.cluster {
+                continue;
+            }
+            match fallbacks.iter().find(|f| f.cluster == subset.cluster) {
+                Some(known) if known.default != default.cluster => {
+                    return Err(format!(
+                        "--fallback-to-default: cluster {} would fall back to both {} and {}",
+                        subset.cluster, known.default, default.cluster
+                    ))
+                }
+                Some(_) => {}
+                None => fallbacks.push(envoy::Fallback {
+                    cluster: subset.cluster.clone(),
+                    default: default.cluster.clone(),
+                }),
+            }
+        }
+    }
+    Ok(fallbacks)
 }
 
 /// Every cluster the configuration needs: those the rules name, the rules
@@ -603,4 +733,60 @@ fn envoy_cluster_names(document: &Document, fallback: &str) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(feature = "image")]
+fn image_command(command: ImageCommand, stderr: &mut dyn Write) -> Result<String, Failure> {
+    let failed = |error: image::ImageError| Failure {
+        code: EXIT_INVALID,
+        message: format!("graylane: {error}"),
+    };
+    // An unreadable file is a usage error (2); a file that is no .wasm, a
+    // layout that cannot be written or a push that fails, 1.
+    let load = |path: &Path| {
+        let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: cannot read: {e}", path.display())))?;
+        image::Image::from_wasm(&bytes, &path.display().to_string()).map_err(failed)
+    };
+    match command {
+        ImageCommand::Build { wasm, output, tag } => {
+            let image = load(&wasm)?;
+            let tag = tag.unwrap_or_else(|| graylane_core::VERSION.to_string());
+            image.write_layout(&output, &tag).map_err(failed)?;
+            Ok(format!("{}\n", image.digest()))
+        }
+        ImageCommand::Digest { wasm } => {
+            let image = load(&wasm)?;
+            Ok(format!("{}\n", image.digest()))
+        }
+        ImageCommand::Push {
+            wasm,
+            reference,
+            username,
+            password,
+            monolithic,
+            plain_http,
+        } => {
+            let image = load(&wasm)?;
+            let credentials = match (username, password) {
+                (Some(username), Some(password)) => image::Credentials::Given { username, password },
+                _ => image::Credentials::DockerConfig,
+            };
+            let options = image::PushOptions {
+                credentials,
+                monolithic,
+                plain_http,
+            };
+            let pushed = image::push(&image, &reference, &options).map_err(failed)?;
+            for note in &pushed.notes {
+                let _ = writeln!(stderr, "graylane: note: {note}");
+            }
+            let _ = writeln!(
+                stderr,
+                "graylane: pushed {reference} ({} of 2 blobs sent, {} ms)",
+                pushed.blobs_sent,
+                pushed.elapsed.as_millis()
+            );
+            Ok(format!("{}\n", pushed.digest))
+        }
+    }
 }

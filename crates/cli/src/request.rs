@@ -237,6 +237,7 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
         .map(|edit| match edit {
             HeaderEdit::Remove(name) => json!(["remove", name]),
             HeaderEdit::Set(name, value) => json!(["set", name, value]),
+            HeaderEdit::SetOwned(name, value) => json!(["set", name, value]),
         })
         .collect();
     outcome.insert("edits".into(), Value::Array(edits));
@@ -262,6 +263,7 @@ pub fn upstream_header(
         match edit {
             HeaderEdit::Remove(name) if *name == lower_name => value = None,
             HeaderEdit::Set(name, new) if *name == lower_name => value = Some(new.to_string()),
+            HeaderEdit::SetOwned(name, new) if *name == lower_name => value = Some(new.clone()),
             _ => {}
         }
     }

@@ -94,6 +94,7 @@ const ROUTING_RECIPES: &[&str] = &[
 #[test]
 fn every_recipe_parses_and_its_rules_compile_and_route() {
     let files = filters();
+    let schema = jsonschema::draft202012::new(&graylane_cli::schema::document_schema()).unwrap();
     let mut with_rules = 0;
     for file in &files {
         let name = file
@@ -110,6 +111,11 @@ fn every_recipe_parses_and_its_rules_compile_and_route() {
             let bytes = serde_json::to_vec(document).unwrap();
             let compiled = graylane_core::config::compile(&bytes)
                 .unwrap_or_else(|e| panic!("{name}: the graylane document is refused: {e}"));
+            let problems: Vec<String> = schema
+                .iter_errors(document)
+                .map(|error| format!("{}: {error}", error.instance_path))
+                .collect();
+            assert!(problems.is_empty(), "{name}: not valid by graylane schema: {problems:?}");
             // A recipe's routing must name every cluster but the default
             // (which its fallback route takes): as a header match value or
             // a traffic-split var.

@@ -4,7 +4,7 @@
 //! tool calls the very same function.
 
 use crate::request::Request;
-use crate::rules::{MatchEntry, Rules, Service, StickyKey, StringMatch};
+use crate::rules::{MatchEntry, MirrorTo, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
 
 /// The outcome for one request.
@@ -27,7 +27,29 @@ pub struct Decision<'r> {
 pub enum HeaderEdit<'r> {
     Remove(&'r str),
     Set(&'r str, &'r str),
+    /// A value made for this request (the `baggage` header with its lane
+    /// member rewritten); only rules with `tag_baggage_key` make one.
+    SetOwned(&'r str, String),
 }
+
+impl HeaderEdit<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderEdit::Remove(name) | HeaderEdit::Set(name, _) | HeaderEdit::SetOwned(name, _) => name,
+        }
+    }
+
+    /// The value set, if this edit sets one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            HeaderEdit::Remove(_) => None,
+            HeaderEdit::Set(_, value) => Some(value),
+            HeaderEdit::SetOwned(_, value) => Some(value),
+        }
+    }
+}
+
+const BAGGAGE: &str = "baggage";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -106,6 +128,14 @@ pub fn decide_traced<'r>(
     if request.has_header(&rules.cluster_header) {
         edits.push(HeaderEdit::Remove(rules.cluster_header.as_str()));
     }
+    // Nor where a copy of the request goes.
+    if request.has_header(&rules.mirror_header) {
+        edits.push(HeaderEdit::Remove(rules.mirror_header.as_str()));
+    }
+    // Nor what the gateway answers it as a cookie.
+    if request.has_header(&rules.pin_header) {
+        edits.push(HeaderEdit::Remove(rules.pin_header.as_str()));
+    }
     let mut incoming_tags = request.header_values(&rules.tag_header);
     let mut incoming_tag = incoming_tags.next();
     let single_incoming_tag = incoming_tags.next().is_none();
@@ -116,6 +146,20 @@ pub fn decide_traced<'r>(
         edits.push(HeaderEdit::Remove(rules.tag_header.as_str()));
         incoming_tag = None;
     }
+    // The lane as a baggage member: read only when the rules ask for it, and
+    // honoured only where tags are trusted and no tag header gave one.
+    let baggage_lane = rules
+        .tag_baggage_key
+        .as_deref()
+        .and_then(|key| crate::baggage::member(request.header_values(BAGGAGE), key));
+    let lane_from_baggage = baggage_lane.as_deref().filter(|_| rules.trust_tag);
+    // A lane from baggage is not on the tag header yet: write it there too.
+    let single_incoming_tag = if incoming_tag.is_none() && lane_from_baggage.is_some() {
+        incoming_tag = lane_from_baggage;
+        false
+    } else {
+        single_incoming_tag
+    };
 
     let host = request.host();
     let found = rules.host_index.find(
@@ -125,6 +169,7 @@ pub fn decide_traced<'r>(
     );
     let Some((service_index, service)) = found.and_then(|i| rules.services.get(i).map(|s| (i, s)))
     else {
+        push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), None);
         return Decision {
             service: None,
             subset: None,
@@ -150,6 +195,23 @@ pub fn decide_traced<'r>(
             ));
         }
     }
+    let written_lane = service
+        .subsets
+        .get(subset_index)
+        .filter(|_| subset_index != service.default)
+        .map(|subset| subset.tag.as_str());
+    push_baggage_edit(&mut edits, rules, request, baggage_lane.as_deref(), written_lane);
+    // A bucket drawn for a browser without a key: pin it there.
+    if let (Some(pin), Reason::Weight { bucket, sticky: false } | Reason::Default { bucket: Some(bucket), sticky: false }) =
+        (&service.pin, &reason)
+    {
+        edits.push(HeaderEdit::SetOwned(rules.pin_header.as_str(), pin.set_cookie(*bucket)));
+    }
+    if let Some(mirror) = &service.mirror {
+        if let Some(target) = mirror_target(service, mirror, subset_index, request, sequence) {
+            edits.push(HeaderEdit::Set(rules.mirror_header.as_str(), target));
+        }
+    }
     Decision {
         service: Some(service_index),
         subset: Some(subset_index),
@@ -157,6 +219,62 @@ pub fn decide_traced<'r>(
         cluster,
         edits,
     }
+}
+
+/// The `baggage` header's edit, if any: the lane member set to the lane a
+/// non-default subset writes, or, at an edge that does not trust tags,
+/// removed; every other member kept. A removal goes with the others, before
+/// any header is set.
+fn push_baggage_edit<'r>(
+    edits: &mut Vec<HeaderEdit<'r>>,
+    rules: &'r Rules,
+    request: &Request<'_>,
+    baggage_lane: Option<&[u8]>,
+    written_lane: Option<&'r str>,
+) {
+    let Some(key) = rules.tag_baggage_key.as_deref() else {
+        return;
+    };
+    let unchanged = match written_lane {
+        Some(lane) => baggage_lane == Some(lane.as_bytes()),
+        None => rules.trust_tag || baggage_lane.is_none(),
+    };
+    if unchanged {
+        return;
+    }
+    match crate::baggage::rewrite(request.header_values(BAGGAGE), key, written_lane) {
+        Some(value) => edits.push(HeaderEdit::SetOwned(BAGGAGE, value)),
+        None => {
+            let first_set = edits
+                .iter()
+                .position(|edit| !matches!(edit, HeaderEdit::Remove(_)))
+                .unwrap_or(edits.len());
+            edits.insert(first_set, HeaderEdit::Remove(BAGGAGE));
+        }
+    }
+}
+
+/// The mirror subset's cluster when this request is one of the share it
+/// copies: served by another subset, of a method it copies, and drawn from
+/// the worker's sequence (an exact share over consecutive requests).
+fn mirror_target<'r>(
+    service: &'r Service,
+    mirror: &MirrorTo,
+    served_by: usize,
+    request: &Request<'_>,
+    sequence: &mut WeylSequence,
+) -> Option<&'r str> {
+    if served_by == mirror.subset || mirror.share == 0 {
+        return None;
+    }
+    let method = request.method().unwrap_or_default();
+    if !mirror.methods.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(method)) {
+        return None;
+    }
+    if sequence.next_bucket() >= mirror.share {
+        return None;
+    }
+    service.subsets.get(mirror.subset).map(|subset| subset.cluster.as_str())
 }
 
 fn choose_subset(
@@ -191,9 +309,10 @@ fn choose_subset(
     }
     let key = sticky_key(service, request);
     trace.sticky(key);
-    let (bucket, sticky) = match key {
-        Some(key) => (crate::split::sticky_bucket(&service.name, key), true),
-        None => (sequence.next_bucket(), false),
+    let (bucket, sticky) = match (key, pinned_bucket(service, request)) {
+        (Some(key), _) => (crate::split::sticky_bucket(&service.name, key), true),
+        (None, Some(bucket)) => (bucket, true),
+        (None, None) => (sequence.next_bucket(), false),
     };
     match service.weights.owner(bucket) {
         Some(index) => (index, Reason::Weight { bucket, sticky }),
@@ -205,6 +324,18 @@ fn choose_subset(
             },
         ),
     }
+}
+
+/// The bucket a pin cookie carries: a decimal below 10,000; anything else
+/// counts as no pin (and a new one is drawn and set).
+fn pinned_bucket(service: &Service, request: &Request<'_>) -> Option<u32> {
+    let pin = service.pin.as_ref()?;
+    let value = request.cookie_values(&pin.name).next()?;
+    if value.is_empty() || value.len() > 4 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let bucket = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (bucket < crate::split::BUCKETS).then_some(bucket)
 }
 
 /// The sticky key's value; an empty value counts as absent, or every client

@@ -15,6 +15,7 @@
 //! - [`metrics`]: metric names and the per-worker request counts.
 #![forbid(unsafe_code)]
 
+pub mod baggage;
 pub mod config;
 pub mod json;
 pub mod read;
@@ -26,3 +27,8 @@ pub mod request;
 pub mod rules;
 pub mod source;
 pub mod split;
+
+/// graylane's version, the workspace's (`Cargo.toml`): what `graylane
+/// --version` prints, what the plugin should log once when configured and
+/// show in [`metrics::build_info_name`], and the version of a release bundle.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -18,6 +18,14 @@ pub const SOURCE_REJECTED: &str = "graylane_source_rejected_total";
 pub const SOURCE_NOT_MODIFIED: &str = "graylane_source_not_modified_total";
 pub const SOURCE_UPDATES: &str = "graylane_source_updates_total";
 pub const SOURCE_VERSION: &str = "graylane_source_version";
+pub const BUILD_INFO: &str = "graylane_build_info";
+
+/// The gauge that says which graylane runs (set to 1):
+/// `graylane_build_info.version.0_1_0`, the version as a name segment, so
+/// that a `stats_tags` regex can make it a Prometheus label.
+pub fn build_info_name() -> String {
+    format!("{BUILD_INFO}.version.{}", segment(crate::VERSION))
+}
 
 /// A name segment safe inside a dotted stat name: anything but ASCII
 /// letters, digits, `_` and `-` becomes `_`.
@@ -125,5 +133,14 @@ mod tests {
             ]
         );
         assert_eq!(counts.pending(), 0);
+    }
+
+    #[test]
+    fn build_info_names_the_workspace_version() {
+        assert_eq!(crate::VERSION, env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            build_info_name(),
+            format!("graylane_build_info.version.{}", crate::VERSION.replace('.', "_"))
+        );
     }
 }

@@ -12,6 +12,14 @@ pub struct Rules {
     /// Lower-case, as Envoy presents header names to the plugin.
     pub cluster_header: String,
     pub tag_header: String,
+    /// The header naming the cluster a copy of the request goes to
+    /// (Envoy's `request_mirror_policies` reads it).
+    pub mirror_header: String,
+    /// The request header a pin cookie is put in, for the route to copy into
+    /// the response as `set-cookie`.
+    pub pin_header: String,
+    /// Also read and write the lane as this W3C Baggage member.
+    pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
     /// The limits this rule set was compiled within; a fetched document is
     /// held to them.
@@ -34,6 +42,37 @@ pub struct Service {
     pub sticky: Option<StickyKey>,
     pub subsets: Vec<Subset>,
     pub(crate) weights: WeightTable,
+    /// The subset that receives copies of the others' requests, if any.
+    pub mirror: Option<MirrorTo>,
+    /// Holds a browser without a sticky key in the bucket it was drawn.
+    pub pin: Option<PinCookie>,
+}
+
+/// `pin_cookie`: the cookie carrying a user's bucket of the weighted split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinCookie {
+    pub name: String,
+    /// `; Max-Age=…; Path=…` and the rest, written after `name=bucket`.
+    pub attributes: String,
+}
+
+impl PinCookie {
+    /// The `set-cookie` value for `bucket`.
+    pub fn set_cookie(&self, bucket: u32) -> String {
+        format!("{}={bucket}{}", self.name, self.attributes)
+    }
+}
+
+/// A subset receiving a copy of a share of the requests the service's
+/// other subsets serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTo {
+    /// Index into the service's subsets.
+    pub subset: usize,
+    /// Basis points of the eligible requests.
+    pub share: u32,
+    /// Upper-case; only requests of these methods are copied.
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -46,6 +85,8 @@ pub struct Subset {
     pub matches: Vec<MatchEntry>,
     pub canary: Option<bool>,
     pub bluegreen: Option<String>,
+    /// `mirror`: (share in basis points, methods), as written on the subset.
+    pub mirror: Option<(u32, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -241,9 +241,8 @@ impl Rollout<'_> {
     }
 
     /// Waits until every gateway reports `revision` (or later); the slowest
-    /// gateway's time.
-    fn wait_adopted(&self, revision: u64) -> Result<Duration, String> {
-        let started = Instant::now();
+    /// gateway's time, counted from `started` (just before the write).
+    fn wait_adopted(&self, revision: u64, started: Instant) -> Result<Duration, String> {
         let mut pending: Vec<usize> = (0..self.plan.gateways.len()).collect();
         let mut last = vec![String::new(); self.plan.gateways.len()];
         loop {
@@ -294,8 +293,9 @@ impl Rollout<'_> {
     /// Writes a change and waits for every gateway; records the decision.
     fn apply(&mut self, step: &str, action: &str, change: &dyn Fn(&mut Value) -> Result<(), String>) -> Result<Decision, String> {
         let started_ms = now_ms();
+        let started = Instant::now();
         let revision = self.write_rules(change)?;
-        let adopted = self.wait_adopted(revision).map_err(|why| format!("{action} (revision {revision}): {why}"))?;
+        let adopted = self.wait_adopted(revision, started).map_err(|why| format!("{action} (revision {revision}): {why}"))?;
         let decision = Decision {
             step: step.into(),
             action: action.into(),
@@ -727,11 +727,12 @@ impl Rollout<'_> {
         let (service, subset, old) = (plan.service.clone(), plan.subset.clone(), state.baseline_default.clone());
         self.say(&format!("rolling back: {why}"));
         update_state(&self.etcd, plan, |state| state.phase = ROLLING_BACK.into())?;
+        let started = Instant::now();
         let revision = self.write_rules(&move |d| {
             rules::set_default(d, &service, &old)?;
             rules::set_weight(d, &service, &subset, 0)
         })?;
-        let adopted = self.wait_adopted(revision);
+        let adopted = self.wait_adopted(revision, started);
         let result = match &adopted {
             Ok(time) => {
                 self.say(&format!(

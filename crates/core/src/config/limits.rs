@@ -59,6 +59,15 @@ const SETTINGS: &[Setting] = &[
 ];
 
 impl Limits {
+    /// Each setting: its name, its default and its ceiling (the schema and
+    /// the README are written from this).
+    pub fn settings() -> impl Iterator<Item = (&'static str, u64, u64)> {
+        let mut defaults = Limits::default();
+        SETTINGS
+            .iter()
+            .map(move |(name, ceiling, field)| (*name, *field(&mut defaults), *ceiling))
+    }
+
     /// Reads `limits` from the root of the inline document.
     pub(crate) fn read(root: &mut Object<'_>, errors: &mut ConfigErrors) -> Limits {
         let mut limits = Limits::default();

@@ -33,15 +33,21 @@ use limits::Budget;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-graylane-cluster";
 pub const DEFAULT_TAG_HEADER: &str = "x-gray-tag";
+pub const DEFAULT_MIRROR_HEADER: &str = "x-graylane-mirror";
+pub const DEFAULT_PIN_HEADER: &str = "x-graylane-pin-cookie";
 
 /// What a document may carry besides the rules themselves: [`crate::source`]
 /// reads these sections.
-const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode"];
+/// `$schema` lets an editor find `graylane schema`'s output; it is ignored.
+const EXTENSION_FIELDS: &[&str] = &["source", "apisix_mode", "$schema"];
 
 /// Root fields only the inline configuration may set.
 const INLINE_ONLY_FIELDS: &[&str] = &[
     "cluster_header",
     "tag_header",
+    "mirror_header",
+    "pin_header",
+    "tag_baggage_key",
     "trust_tag",
     "limits",
     "allowed_clusters",
@@ -55,6 +61,9 @@ const INLINE_ONLY_FIELDS: &[&str] = &[
 pub struct Base {
     pub cluster_header: String,
     pub tag_header: String,
+    pub mirror_header: String,
+    pub pin_header: String,
+    pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
     /// A fetched document is held to the inline document's limits.
     pub limits: Limits,
@@ -68,6 +77,9 @@ impl Base {
         Base {
             cluster_header: rules.cluster_header.clone(),
             tag_header: rules.tag_header.clone(),
+            mirror_header: rules.mirror_header.clone(),
+            pin_header: rules.pin_header.clone(),
+            tag_baggage_key: rules.tag_baggage_key.clone(),
             trust_tag: rules.trust_tag,
             limits: rules.limits,
             allowed_clusters: rules.allowed_clusters.clone(),
@@ -116,6 +128,22 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         &mut errors,
     );
     let tag_header = read_header_name(&mut root, "tag_header", DEFAULT_TAG_HEADER, &mut errors);
+    let mirror_header = read_header_name(&mut root, "mirror_header", DEFAULT_MIRROR_HEADER, &mut errors);
+    let pin_header = read_header_name(&mut root, "pin_header", DEFAULT_PIN_HEADER, &mut errors);
+    if [&cluster_header, &tag_header, &mirror_header].contains(&&pin_header) {
+        let path = root.child("pin_header");
+        errors.push_unplaced(&path, "must differ from cluster_header, tag_header and mirror_header");
+        if let Some(error) = errors.0.last_mut() {
+            error.offset = root.get("pin_header").map(|(node, _)| node.offset);
+        }
+    }
+    if mirror_header == cluster_header || mirror_header == tag_header {
+        let path = root.child("mirror_header");
+        errors.push_unplaced(&path, "must differ from cluster_header and tag_header");
+        if let Some(error) = errors.0.last_mut() {
+            error.offset = root.get("mirror_header").map(|(node, _)| node.offset);
+        }
+    }
     if cluster_header == tag_header {
         let path = root.child("tag_header");
         errors.push_unplaced(&path, "must differ from cluster_header");
@@ -127,10 +155,14 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         .bool("trust_tag", &mut errors)
         .map_or(true, |(flag, _)| flag);
     let limits = Limits::read(&mut root, &mut errors);
+    let tag_baggage_key = read_baggage_key(&mut root, &mut errors);
     let allowed_clusters = read_allowed_clusters(&mut root, &limits, &mut errors);
     let base = Base {
         cluster_header,
         tag_header,
+        mirror_header,
+        pin_header,
+        tag_baggage_key,
         trust_tag,
         limits,
         allowed_clusters,
@@ -178,7 +210,7 @@ pub fn compile_fetched(base: &Base, document: &Node) -> Result<(Rules, Option<u6
     }
     let mut budget = Budget::new(base);
     let services = read_services(&mut root, true, &mut budget, &mut errors);
-    root.finish(&[], &mut errors);
+    root.finish(&["$schema"], &mut errors);
     errors.into_result((build_rules(base.clone(), services), version))
 }
 
@@ -190,6 +222,9 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
     Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
+        mirror_header: base.mirror_header,
+        pin_header: base.pin_header,
+        tag_baggage_key: base.tag_baggage_key,
         trust_tag: base.trust_tag,
         limits: base.limits,
         allowed_clusters: base.allowed_clusters,
@@ -241,6 +276,20 @@ fn read_services(
         None => {}
     }
     services
+}
+
+/// A baggage key is an HTTP token (W3C Baggage).
+fn read_baggage_key(root: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<String> {
+    let (key, path) = root.string("tag_baggage_key", errors)?;
+    match check_header_name(&key) {
+        Ok(()) => Some(key),
+        Err(reason) => {
+            if let Some((node, _)) = root.get("tag_baggage_key") {
+                errors.push(&path, node, reason.replace("header name", "baggage key"));
+            }
+            None
+        }
+    }
 }
 
 fn read_allowed_clusters(

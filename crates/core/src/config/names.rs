@@ -24,7 +24,7 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
 
 /// Headers the plugin must never write: framing, routing and credentials
 /// that Envoy or the upstream read with a meaning of their own.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "content-type",
@@ -45,7 +45,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Prefixes of headers the gateway itself sets or trusts.
-const RESERVED_PREFIXES: &[&str] = &["x-envoy-", "x-forwarded-", "x-request-id", "grpc-"];
+pub const RESERVED_PREFIXES: &[&str] = &["x-envoy-", "x-forwarded-", "x-request-id", "grpc-"];
 
 /// A header the plugin writes (the cluster and tag headers): a valid name,
 /// and none the gateway or the upstream give a meaning of their own.

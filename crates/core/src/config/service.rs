@@ -8,7 +8,7 @@ use super::names::{check_header_name, parse_host_pattern};
 use super::subset::{percent, read_subset};
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
-use crate::rules::{HostPattern, Service, StickyKey, Subset};
+use crate::rules::{HostPattern, MirrorTo, PinCookie, Service, StickyKey, Subset};
 use crate::split::{WeightTable, BUCKETS};
 
 pub(crate) fn read_service(
@@ -42,6 +42,7 @@ pub(crate) fn read_service(
     };
     let default = object.non_empty_string("default", true, errors);
     let sticky = read_sticky(&mut object, errors);
+    let pin = read_pin_cookie(&mut object, errors);
 
     let mut subsets: Vec<(usize, Subset, &Node)> = Vec::new();
     let mut subsets_path = object.child("subsets");
@@ -131,6 +132,8 @@ pub(crate) fn read_service(
         );
     }
 
+    let mirror = read_mirror_subset(&subsets, default, &subsets_path, errors);
+
     Some(Service {
         name: name?,
         hosts,
@@ -139,6 +142,46 @@ pub(crate) fn read_service(
         sticky,
         weights: WeightTable::new(&weighted),
         subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
+        mirror,
+        pin,
+    })
+}
+
+/// At most one subset of a service receives copies (the gateway mirrors to
+/// the one cluster its header names), and not the default, which serves the
+/// requests it would copy.
+fn read_mirror_subset(
+    subsets: &[(usize, Subset, &Node)],
+    default: usize,
+    subsets_path: &Path,
+    errors: &mut ConfigErrors,
+) -> Option<MirrorTo> {
+    let mut mirrors = subsets
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (position, subset, node))| Some((index, *position, subset.mirror.as_ref()?, *node)));
+    let (index, position, (share, methods), node) = mirrors.next()?;
+    for (_, other, _, other_node) in mirrors {
+        let at = other_node.get("mirror").unwrap_or(other_node);
+        errors.push(
+            &subsets_path.index(other).key("mirror"),
+            at,
+            format!("a second mirror in this service (subsets[{position}] has one); the gateway copies to one cluster"),
+        );
+    }
+    if index == default {
+        let at = node.get("mirror").unwrap_or(node);
+        errors.push(
+            &subsets_path.index(position).key("mirror"),
+            at,
+            "the default subset serves what it would copy; put the mirror on another subset",
+        );
+        return None;
+    }
+    Some(MirrorTo {
+        subset: index,
+        share: *share,
+        methods: methods.clone(),
     })
 }
 
@@ -188,6 +231,52 @@ fn read_hosts(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Vec<HostPat
         }
     }
     hosts
+}
+
+/// `pin_cookie: {"name"?, "max_age_s"?, "path"?, "domain"?, "secure"?,
+/// "http_only"?, "same_site"?}`.
+fn read_pin_cookie(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<PinCookie> {
+    let (value, path) = object.get("pin_cookie")?;
+    let mut pin = Object::new(value, &path, errors)?;
+    let cookie_token = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    };
+    let attribute_value = |text: &str| text.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b';');
+    let mut text_field = |pin: &mut Object<'_>, field: &'static str, ok: &dyn Fn(&str) -> bool, what: &str| {
+        let (text, field_path) = pin.string(field, errors)?;
+        if ok(&text) {
+            return Some(text);
+        }
+        if let Some((node, _)) = pin.get(field) {
+            errors.push(&field_path, node, format!("{text:?} is not {what}"));
+        }
+        None
+    };
+    let name = text_field(&mut pin, "name", &cookie_token, "a cookie name").unwrap_or_else(|| "graylane_pin".into());
+    let cookie_path = text_field(&mut pin, "path", &|t: &str| t.starts_with('/') && attribute_value(t), "a path starting with '/'")
+        .unwrap_or_else(|| "/".into());
+    let domain = text_field(&mut pin, "domain", &|t: &str| !t.is_empty() && attribute_value(t), "a domain");
+    let same_site = text_field(&mut pin, "same_site", &|t: &str| matches!(t, "Strict" | "Lax" | "None"), "Strict, Lax or None")
+        .unwrap_or_else(|| "Lax".into());
+    let max_age = pin.integer("max_age_s", (1, 34_560_000), 86_400, errors);
+    let secure = pin.bool("secure", errors).map_or(true, |(flag, _)| flag);
+    let http_only = pin.bool("http_only", errors).map_or(true, |(flag, _)| flag);
+    pin.finish(&[], errors);
+    let mut attributes = format!("; Max-Age={max_age}; Path={cookie_path}");
+    if let Some(domain) = domain {
+        attributes.push_str(&format!("; Domain={domain}"));
+    }
+    if secure {
+        attributes.push_str("; Secure");
+    }
+    if http_only {
+        attributes.push_str("; HttpOnly");
+    }
+    attributes.push_str(&format!("; SameSite={same_site}"));
+    Some(PinCookie { name, attributes })
 }
 
 fn read_sticky(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<StickyKey> {

@@ -55,6 +55,7 @@ pub(crate) fn read_subset(
     let weight = read_weight(&mut object, errors);
     let canary = object.bool("canary", errors).map(|(flag, _)| flag);
     let bluegreen = read_bluegreen(&mut object, errors);
+    let mirror = read_mirror(&mut object, errors);
     let mut matches = Vec::new();
     if let Some((items, list_path)) = object.array("match", errors) {
         for (position, item) in items.iter().enumerate() {
@@ -77,7 +78,54 @@ pub(crate) fn read_subset(
         matches,
         canary,
         bluegreen,
+        mirror,
     })
+}
+
+/// The safe methods: a copy of a request that changes state would change it
+/// twice.
+const SAFE_METHODS: &[&str] = &["GET", "HEAD"];
+
+/// `mirror: {"percent": P, "methods": [...]?}`.
+fn read_mirror(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<(u32, Vec<String>)> {
+    let (node, path) = object.get("mirror")?;
+    let mut mirror = Object::new(node, &path, errors)?;
+    let share = match mirror.get("percent") {
+        Some((value, percent_path)) => match weight_basis_points(value) {
+            Ok(share) => share,
+            Err(reason) => {
+                errors.push(&percent_path, value, reason);
+                0
+            }
+        },
+        None => {
+            mirror.missing("percent", errors, Some(" (percent of the service's other requests to copy here)".into()));
+            0
+        }
+    };
+    let mut methods: Vec<String> = SAFE_METHODS.iter().map(|m| (*m).to_string()).collect();
+    if let Some((items, methods_path)) = mirror.array("methods", errors) {
+        methods.clear();
+        for (position, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(method) if !method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    methods.push(method.to_ascii_uppercase());
+                }
+                _ => errors.push(
+                    &methods_path.index(position),
+                    item,
+                    format!("must be an HTTP method such as \"GET\", got {}", item.to_json()),
+                ),
+            }
+        }
+        if items.is_empty() {
+            if let Some((list, _)) = mirror.get("methods") {
+                errors.push(&methods_path, list, "must list at least one method");
+            }
+        }
+    }
+    mirror.finish(&[], errors);
+    Some((share, methods))
 }
 
 fn read_bluegreen(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<String> {

@@ -95,6 +95,9 @@ fn base() -> Base {
     Base {
         cluster_header: "x-graylane-cluster".into(),
         tag_header: "x-gray-tag".into(),
+        mirror_header: "x-graylane-mirror".into(),
+        pin_header: "x-graylane-pin-cookie".into(),
+        tag_baggage_key: None,
         trust_tag: true,
         limits: Default::default(),
         allowed_clusters: None,

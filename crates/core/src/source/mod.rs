@@ -141,6 +141,9 @@ mod tests {
         Base {
             cluster_header: "x-c".into(),
             tag_header: "x-t".into(),
+            mirror_header: "x-graylane-mirror".into(),
+            pin_header: "x-graylane-pin-cookie".into(),
+            tag_baggage_key: None,
             trust_tag: false,
             limits: Default::default(),
             allowed_clusters: None,

@@ -14,12 +14,12 @@ pub const DEFAULT_JITTER_PERCENT: u32 = 10;
 pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
 pub const ETCD_RANGE_PATH: &str = "/v3/kv/range";
 
-const MIN_INTERVAL_MS: u64 = 100;
-const MAX_INTERVAL_MS: u64 = 3_600_000;
-const MIN_TIMEOUT_MS: u64 = 10;
-const MAX_TIMEOUT_MS: u64 = 60_000;
-const MAX_JITTER_PERCENT: u32 = 50;
-const MAX_BACKOFF_LIMIT_MS: u64 = 86_400_000;
+pub const MIN_INTERVAL_MS: u64 = 100;
+pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+pub const MIN_TIMEOUT_MS: u64 = 10;
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+pub const MAX_JITTER_PERCENT: u32 = 50;
+pub const MAX_BACKOFF_LIMIT_MS: u64 = 86_400_000;
 
 /// How the control plane answers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,9 @@ pub const NAMES: &[&[u8]] = &[
     b"X-Gray-Tag",
     b"x-graylane-cluster",
     b"X-GRAYLANE-CLUSTER",
+    b"x-graylane-mirror",
+    b"x-graylane-pin-cookie",
+    b"baggage",
     b"x-route-to",
     b"x-lane",
     b"x-k",
@@ -51,6 +54,9 @@ pub const NAMES: &[&[u8]] = &[
 ];
 pub const VALUES: &[&[u8]] = &[
     b"b.example.com",
+    b"lane.example.com",
+    b"mirror.example.com",
+    b"pin.example.com",
     b"api.example.com:80",
     b"x.b.example.com",
     b"/api/b?canary=true&canary",
@@ -66,6 +72,10 @@ pub const VALUES: &[&[u8]] = &[
     b";;==;",
     b"\xff\xfe\x00",
     b"GET",
+    b"lane=canary, a=1",
+    b"lane=beta",
+    b"gl_pin=42",
+    b"gl_pin=9999; a=1",
     b"post",
 ];
 pub const NOISE: &[u8] = b"ab=;%&?/:.[]\xff\x00 19+-*";
@@ -111,10 +121,7 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
     let sets: Vec<(&str, &str)> = decision
         .edits
         .iter()
-        .filter_map(|e| match e {
-            HeaderEdit::Set(n, v) => Some((*n, *v)),
-            HeaderEdit::Remove(_) => None,
-        })
+        .filter_map(|e| e.value().map(|v| (e.name(), v)))
         .collect();
 
     // The client's cluster header is always removed before anything is set.
@@ -123,14 +130,26 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
         removes(&rules.cluster_header),
         "{pairs:?}"
     );
+    // Nor what the gateway answers as a cookie.
+    assert_eq!(
+        carries(&rules.pin_header),
+        removes(&rules.pin_header),
+        "{pairs:?}"
+    );
+    // Nor where a copy goes.
+    assert_eq!(
+        carries(&rules.mirror_header),
+        removes(&rules.mirror_header),
+        "{pairs:?}"
+    );
     if let Some(first_set) = decision
         .edits
         .iter()
-        .position(|e| matches!(e, HeaderEdit::Set(..)))
+        .position(|e| !matches!(e, HeaderEdit::Remove(..)))
     {
         assert!(decision.edits[first_set..]
             .iter()
-            .all(|e| matches!(e, HeaderEdit::Set(..))));
+            .all(|e| !matches!(e, HeaderEdit::Remove(..))));
     }
     // An untrusted tag never survives; a tag set is a subset's own.
     if !rules.trust_tag {
@@ -160,7 +179,9 @@ pub fn decide_and_check(rules: &Rules, random: &mut Random, sequence: &mut WeylS
             true
         }
         _ => {
-            assert!(sets.is_empty() && decision.cluster.is_none());
+            // Unclaimed: only an untrusted lane is stripped from baggage.
+            assert!(decision.cluster.is_none());
+            assert!(sets.iter().all(|(name, _)| *name == "baggage" && !rules.trust_tag), "{sets:?}");
             false
         }
     }

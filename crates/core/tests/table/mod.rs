@@ -102,6 +102,53 @@ pub const WEIGHTS: &str = r#"{
   ]
 }"#;
 
+/// Mirroring: `shadow` receives a copy of every GET and HEAD the service's
+/// other subsets serve (100% keeps the table deterministic).
+pub const MIRROR: &str = r#"{
+  "services": [
+    { "name": "m", "hosts": ["mirror.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "m-stable" },
+        { "name": "canary", "cluster": "m-canary", "match": [ { "headers": [ { "name": "x-canary", "present": true } ] } ] },
+        { "name": "shadow", "cluster": "m-shadow", "mirror": { "percent": 100 } } ] },
+    { "name": "posts", "hosts": ["posts.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "p-stable" },
+        { "name": "shadow", "cluster": "p-shadow", "mirror": { "percent": 100, "methods": ["POST"] } } ] }
+  ]
+}"#;
+
+/// Service `l` of the baggage documents.
+macro_rules! lane_services {
+    () => {
+        r#""services": [
+    { "name": "l", "hosts": ["lane.example.com"], "default": "stable",
+      "subsets": [
+        { "name": "stable", "cluster": "l-stable" },
+        { "name": "canary", "cluster": "l-canary", "match": [ { "headers": [ { "name": "x-canary", "present": true } ] } ] } ] }
+  ]"#
+    };
+}
+
+/// The lane as a W3C Baggage member (`tag_baggage_key`), trusted.
+pub const BAGGAGE: &str = concat!(r#"{ "tag_baggage_key": "lane", "#, lane_services!(), "}");
+
+/// The same at an edge that trusts no lane.
+pub const BAGGAGE_EDGE: &str = concat!(
+    r#"{ "tag_baggage_key": "lane", "trust_tag": false, "#,
+    lane_services!(),
+    "}"
+);
+
+/// A pin cookie holding browsers without a sticky key in their bucket.
+pub const PIN: &str = r#"{
+  "services": [
+    { "name": "p", "hosts": ["pin.example.com"], "default": "stable", "sticky": { "header": "userid" },
+      "pin_cookie": { "name": "gl_pin", "secure": false },
+      "subsets": [ { "name": "stable", "cluster": "p-stable" }, { "name": "canary", "cluster": "p-canary", "weight": 50 } ] }
+  ]
+}"#;
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -707,6 +754,139 @@ pub const CASES: &[Case] = &[
         &["x-graylane-cluster=new", "x-gray-tag=new"],
     ),
     case(
+        "mirror: a GET the default serves is copied to the shadow",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), GET, (b":path", b"/")],
+        Some("m-stable"),
+        &["x-graylane-cluster=m-stable", "x-graylane-mirror=m-shadow"],
+    ),
+    case(
+        "mirror: a matched canary request is copied too, tagged as the canary",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1")],
+        Some("m-canary"),
+        &["x-graylane-cluster=m-canary", "x-gray-tag=canary", "x-graylane-mirror=m-shadow"],
+    ),
+    case(
+        "mirror: POST is not a safe method, not copied by default",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), (b":method", b"POST"), (b":path", b"/")],
+        Some("m-stable"),
+        &["x-graylane-cluster=m-stable"],
+    ),
+    case(
+        "mirror: methods given: only those",
+        MIRROR,
+        &[(b":authority", b"posts.example.com"), (b":method", b"post"), (b":path", b"/")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable", "x-graylane-mirror=p-shadow"],
+    ),
+    case(
+        "mirror: the client's mirror header is never obeyed",
+        MIRROR,
+        &[(b":authority", b"mirror.example.com"), (b":method", b"POST"), (b":path", b"/"), (b"x-graylane-mirror", b"admin")],
+        Some("m-stable"),
+        &["-x-graylane-mirror", "x-graylane-cluster=m-stable"],
+    ),
+    case(
+        "mirror: nor on a request no service claims",
+        MIRROR,
+        &[(b":authority", b"elsewhere.example.com"), GET, (b":path", b"/"), (b"X-Graylane-Mirror", b"admin")],
+        None,
+        &["-x-graylane-mirror"],
+    ),
+    case(
+        "baggage: the lane member picks the subset; the tag header is written, baggage already says it",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"userId=42, lane=canary;ttl=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "baggage: a match writes the lane member, other members kept",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1"), (b"baggage", b"userId=42,sampled=%2C")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary", "baggage=userId=42,sampled=%2C,lane=canary"],
+    ),
+    case(
+        "baggage: a lane with no subset here goes to the default and is kept for the next hop",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=blue")],
+        Some("l-stable"),
+        &["x-graylane-cluster=l-stable"],
+    ),
+    case(
+        "baggage: the tag header wins over the member, and the member follows it",
+        BAGGAGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-gray-tag", b"canary"), (b"baggage", b"lane=blue,a=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "baggage=a=1,lane=canary"],
+    ),
+    case(
+        "baggage at an untrusted edge: the lane member is stripped, the others kept",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"a=1, lane=canary")],
+        Some("l-stable"),
+        &["x-graylane-cluster=l-stable", "baggage=a=1"],
+    ),
+    case(
+        "baggage at an untrusted edge: a header holding only the lane goes, before anything is set",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=canary")],
+        Some("l-stable"),
+        &["-baggage", "x-graylane-cluster=l-stable"],
+    ),
+    case(
+        "baggage at an untrusted edge: stripped from a request no service claims too",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"else.example.com"), GET, (b":path", b"/"), (b"baggage", b"lane=canary")],
+        None,
+        &["-baggage"],
+    ),
+    case(
+        "baggage at an untrusted edge: a match still writes its lane",
+        BAGGAGE_EDGE,
+        &[(b":authority", b"lane.example.com"), GET, (b":path", b"/"), (b"x-canary", b"1"), (b"baggage", b"lane=evil,a=1")],
+        Some("l-canary"),
+        &["x-graylane-cluster=l-canary", "x-gray-tag=canary", "baggage=a=1,lane=canary"],
+    ),
+    case(
+        "pin: a browser without a key gets the drawn bucket (712, the canary's) as a cookie",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/")],
+        Some("p-canary"),
+        &["x-graylane-cluster=p-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
+    ),
+    case(
+        "pin: the cookie's bucket decides (42: the canary's first half)",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"a=1; gl_pin=42")],
+        Some("p-canary"),
+        &["x-graylane-cluster=p-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "pin: bucket 9000 is the default's",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"gl_pin=9000")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable"],
+    ),
+    case(
+        "pin: the sticky key (user 1: the default's bucket) wins over the cookie, and sets none",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"userid", b"1"), (b"cookie", b"gl_pin=42")],
+        Some("p-stable"),
+        &["x-graylane-cluster=p-stable"],
+    ),
+    case(
+        "pin: a bucket out of range is no pin, and the client's own set-cookie header is dropped",
+        PIN,
+        &[(b":authority", b"pin.example.com"), GET, (b":path", b"/"), (b"cookie", b"gl_pin=10000"), (b"x-graylane-pin-cookie", b"admin=1")],
+        Some("p-canary"),
+        &["-x-graylane-pin-cookie", "x-graylane-cluster=p-canary", "x-gray-tag=canary", "x-graylane-pin-cookie=gl_pin=712; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax"],
+    ),
+    case(
         "weight 0 takes nothing",
         WEIGHTS,
         &[(b":authority", b"none.example.com"), GET, (b":path", b"/")],
@@ -759,6 +939,7 @@ pub fn render(edit: &HeaderEdit<'_>) -> String {
     match edit {
         HeaderEdit::Remove(name) => format!("-{name}"),
         HeaderEdit::Set(name, value) => format!("{name}={value}"),
+        HeaderEdit::SetOwned(name, value) => format!("{name}={value}"),
     }
 }
 
