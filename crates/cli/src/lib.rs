@@ -133,8 +133,9 @@ enum Command {
     /// Roll a subset out step by step over the live rules in etcd, watching the gateways; or status|pause|resume|abort
     #[cfg(feature = "rollout")]
     #[command(
-        long_about = "graylane rollout PLAN runs (or resumes) a rollout plan: each step writes the rules key in etcd \
-            in one transaction, waits until every gateway reports the new revision, and watches the gateways' \
+        long_about = "graylane rollout PLAN runs (or resumes) a rollout plan: each step writes the rules (an etcd key \
+            in one transaction, or a rules endpoint with If-Match), waits until every gateway reports the new \
+            version, and watches the gateways' \
             statistics; a failed check rolls back at once and exits 1.\n\n\
             graylane rollout status|pause|resume|abort PLAN reads or changes the rollout of that plan's service.\n\n\
             Exit codes: 0 promoted or finished; 1 rolled back, aborted or failed; 2 usage error; 3 another rollout \

@@ -38,8 +38,12 @@ pub struct StatusArgs {
 /// The rules as a JSON value, when asked for.
 fn rules_document(args: &StatusArgs) -> Result<Option<Value>, String> {
     if let Some(file) = &args.rules {
-        let document = crate::document::load(file).map_err(|e| e.to_string())?;
-        return serde_json::from_str(&document.json()).map(Some).map_err(|e| e.to_string());
+        // Read, not compiled: a fetched document (with its `version`) will do.
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+        let format = crate::document::Format::detect(file, &text);
+        let node = crate::document::parse(format, &text)
+            .map_err(|refusal| format!("{}: {}: {}", file.display(), refusal.path, refusal.reason))?;
+        return serde_json::from_str(&node.to_json()).map(Some).map_err(|e| e.to_string());
     }
     let (Some(url), Some(key)) = (&args.etcd, &args.key) else {
         return Ok(None);

@@ -84,4 +84,14 @@ fn usage_errors_and_an_etcd_that_does_not_answer() {
     assert!(run.stderr.contains(&format!("graylane: status: GET http://127.0.0.1:{port}/stats?histogram_buckets=cumulative: cannot connect")), "{}", run.stderr);
     let run = graylane(&["status"]);
     assert_eq!(run.code, 2);
+    // A live document (with its version) is read for the weights; a file
+    // that is not JSON or YAML is named.
+    let live = write("live.json", "{\"version\": 7, \"services\": []}");
+    let admin = format!("http://127.0.0.1:{port}");
+    let run = graylane(&["status", "--admin", &admin, "--window", "0", "--rules", live.to_str().unwrap()]);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+    let bad = write("bad.json", "{\"services\": [");
+    let run = graylane(&["status", "--admin", &admin, "--rules", bad.to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("bad.json: $: not valid JSON"), "{}", run.stderr);
 }
