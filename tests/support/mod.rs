@@ -51,6 +51,9 @@
 )]
 
 pub mod apisix;
+pub mod controlled;
+pub mod etcd;
+pub mod rules_store;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

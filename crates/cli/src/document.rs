@@ -183,7 +183,7 @@ pub fn load_text(file: &Path, text: &str) -> Result<Document, LoadError> {
 /// Where a refusal stands in the text: a field at its key, a list item at
 /// the item, a missing field at the object that misses it; a repeated key at
 /// the repetition.
-fn locate(node: &Node, text: &str, error: &ConfigError) -> Refusal {
+pub fn locate(node: &Node, text: &str, error: &ConfigError) -> Refusal {
     let offset = match (&error.refusal, error.offset) {
         (Reason::RepeatedKey | Reason::Syntax(_), Some(offset)) => offset,
         _ => node.locate(&error.path).0,

@@ -17,6 +17,14 @@ pub mod yaml;
 pub mod request;
 pub mod schema;
 pub mod simulate;
+#[cfg(feature = "rollout")]
+pub mod http;
+#[cfg(feature = "rollout")]
+pub mod rollout;
+#[cfg(feature = "rollout")]
+pub mod stats;
+#[cfg(feature = "rollout")]
+pub mod status;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -134,6 +142,26 @@ enum Command {
     #[cfg(feature = "image")]
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Show what gateways do now: weights beside observed shares, error rates, the live source
+    #[cfg(feature = "rollout")]
+    #[command(
+        long_about = "Read each gateway's admin /stats and show, per service and subset, the configured weight \
+            (with --rules or --etcd/--key) beside the share of requests the plugin counted and the upstream \
+            error rate, over --window; and the live-rules source's version and fetch counters."
+    )]
+    Status(status::StatusArgs),
+    /// Roll a subset out step by step over the live rules in etcd, watching the gateways; or status|pause|resume|abort
+    #[cfg(feature = "rollout")]
+    #[command(
+        long_about = "graylane rollout PLAN runs (or resumes) a rollout plan: each step writes the rules (an etcd key \
+            in one transaction, or a rules endpoint with If-Match), waits until every gateway reports the new \
+            version, and watches the gateways' \
+            statistics; a failed check rolls back at once and exits 1.\n\n\
+            graylane rollout status|pause|resume|abort PLAN reads or changes the rollout of that plan's service.\n\n\
+            Exit codes: 0 promoted or finished; 1 rolled back, aborted or failed; 2 usage error; 3 another rollout \
+            of the service runs (or one of another plan is in progress)."
+    )]
+    Rollout(rollout::RolloutArgs),
 }
 
 /// `graylane image …`.
@@ -370,6 +398,13 @@ where
         #[cfg(feature = "image")]
         Command::Image(command) => image_command(command, stderr),
         Command::Import { .. } => return EXIT_USAGE,
+        #[cfg(feature = "rollout")]
+        Command::Status(args) => status::status(&args).map_err(|message| Failure {
+            code: EXIT_INVALID,
+            message: format!("graylane: status: {message}"),
+        }),
+        #[cfg(feature = "rollout")]
+        Command::Rollout(args) => rollout::command(&args, stdout).map_err(|(code, message)| Failure { code, message }),
     };
     match outcome {
         Ok(output) => {
