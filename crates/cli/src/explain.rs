@@ -153,10 +153,9 @@ pub fn describe_rules(service: &Service) -> String {
 fn describe_edits(edits: &[HeaderEdit<'_>]) -> Vec<String> {
     edits
         .iter()
-        .map(|edit| match edit {
-            HeaderEdit::Remove(name) => format!("remove {name}"),
-            HeaderEdit::Set(name, value) => format!("set {name}: {value}"),
-            HeaderEdit::SetOwned(name, value) => format!("set {name}: {value}"),
+        .map(|edit| match edit.value() {
+            None => format!("remove {}", edit.name()),
+            Some(value) => format!("set {}: {value}", edit.name()),
         })
         .collect()
 }

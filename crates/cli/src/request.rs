@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use graylane_core::decision::{decide, Decision, HeaderEdit, Reason};
+use graylane_core::decision::{decide, Decision, Reason};
 use graylane_core::request::{ip_of_socket_address, HeaderPair, Request};
 use graylane_core::rules::Rules;
 use graylane_core::split::WeylSequence;
@@ -253,10 +253,9 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
     let edits: Vec<Value> = decision
         .edits
         .iter()
-        .map(|edit| match edit {
-            HeaderEdit::Remove(name) => json!(["remove", name]),
-            HeaderEdit::Set(name, value) => json!(["set", name, value]),
-            HeaderEdit::SetOwned(name, value) => json!(["set", name, value]),
+        .map(|edit| match edit.value() {
+            None => json!(["remove", edit.name()]),
+            Some(value) => json!(["set", edit.name(), value]),
         })
         .collect();
     outcome.insert("edits".into(), Value::Array(edits));
@@ -279,11 +278,8 @@ pub fn upstream_header(
         .find(|(name, _)| name.as_slice() == lower_name.as_bytes())
         .map(|(_, value)| String::from_utf8_lossy(&value).into_owned());
     for edit in &decision.edits {
-        match edit {
-            HeaderEdit::Remove(name) if *name == lower_name => value = None,
-            HeaderEdit::Set(name, new) if *name == lower_name => value = Some(new.to_string()),
-            HeaderEdit::SetOwned(name, new) if *name == lower_name => value = Some(new.clone()),
-            _ => {}
+        if edit.name() == lower_name {
+            value = edit.value().map(str::to_string);
         }
     }
     value

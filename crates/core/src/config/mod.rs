@@ -132,27 +132,16 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
     let tag_header = read_header_name(&mut root, "tag_header", DEFAULT_TAG_HEADER, &mut errors);
     let mirror_header = read_header_name(&mut root, "mirror_header", DEFAULT_MIRROR_HEADER, &mut errors);
     let pin_header = read_header_name(&mut root, "pin_header", DEFAULT_PIN_HEADER, &mut errors);
-    if [&cluster_header, &tag_header, &mirror_header].contains(&&pin_header) {
-        let path = root.child("pin_header");
-        errors.push_unplaced(&path, "must differ from cluster_header, tag_header and mirror_header");
-        if let Some(error) = errors.0.last_mut() {
-            error.offset = root.get("pin_header").map(|(node, _)| node.offset);
-        }
-    }
-    if mirror_header == cluster_header || mirror_header == tag_header {
-        let path = root.child("mirror_header");
-        errors.push_unplaced(&path, "must differ from cluster_header and tag_header");
-        if let Some(error) = errors.0.last_mut() {
-            error.offset = root.get("mirror_header").map(|(node, _)| node.offset);
-        }
-    }
-    if cluster_header == tag_header {
-        let path = root.child("tag_header");
-        errors.push_unplaced(&path, "must differ from cluster_header");
-        if let Some(error) = errors.0.last_mut() {
-            error.offset = root.get("tag_header").map(|(node, _)| node.offset);
-        }
-    }
+    refuse_shared_header_names(
+        &mut root,
+        &[
+            ("cluster_header", &cluster_header),
+            ("tag_header", &tag_header),
+            ("mirror_header", &mirror_header),
+            ("pin_header", &pin_header),
+        ],
+        &mut errors,
+    );
     let trust_tag = root
         .bool("trust_tag", &mut errors)
         .map_or(true, |(flag, _)| flag);
@@ -278,6 +267,27 @@ fn read_services(
         None => {}
     }
     services
+}
+
+/// Each header the plugin writes must differ from those before it in
+/// `fields` (one header cannot carry two meanings); the refusal names them.
+fn refuse_shared_header_names(root: &mut Object<'_>, fields: &[(&'static str, &String)], errors: &mut ConfigErrors) {
+    for (position, (field, name)) in fields.iter().enumerate() {
+        let earlier = fields.get(..position).unwrap_or_default();
+        if !earlier.iter().any(|(_, other)| other == name) {
+            continue;
+        }
+        let names: Vec<&str> = earlier.iter().map(|(other, _)| *other).collect();
+        let listed = match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => continue,
+        };
+        errors.push_unplaced(&root.child(field), format!("must differ from {listed}"));
+        if let Some(error) = errors.0.last_mut() {
+            error.offset = root.get(field).map(|(node, _)| node.offset);
+        }
+    }
 }
 
 /// A baggage key is an HTTP token (W3C Baggage).

@@ -1405,10 +1405,9 @@ pub const CASES: &[Case] = &[
 ];
 
 pub fn render(edit: &HeaderEdit<'_>) -> String {
-    match edit {
-        HeaderEdit::Remove(name) => format!("-{name}"),
-        HeaderEdit::Set(name, value) => format!("{name}={value}"),
-        HeaderEdit::SetOwned(name, value) => format!("{name}={value}"),
+    match edit.value() {
+        None => format!("-{}", edit.name()),
+        Some(value) => format!("{}={value}", edit.name()),
     }
 }
 

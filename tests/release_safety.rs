@@ -1,7 +1,10 @@
-//! Release safety. Fallback when a subset is down (`graylane envoy --fallback-to-default`):
-//! the canary's only backend is killed under steady traffic, and the
-//! canary's share goes to the default subset instead of failing; when the
-//! backend returns, the canary takes its share again.
+//! Release safety in a real Envoy:
+//! - fallback when a subset is down (`graylane envoy --fallback-to-default`):
+//!   the canary's only backend is killed under steady traffic, its share goes
+//!   to the default subset instead of failing, and it takes its share again
+//!   when the backend returns;
+//! - mirroring (`subsets[].mirror`);
+//! - pin cookies (`services[].pin_cookie`).
 
 #![allow(
     clippy::unwrap_used,
