@@ -58,9 +58,11 @@ pub enum MapType {
     HttpCallResponseHeaders = 6,
 }
 
-/// The buffers it reads: a callout's answer, its own configuration.
+/// The buffers it reads: a callout's answer, a gRPC message, its own
+/// configuration.
 pub enum BufferType {
     HttpCallResponseBody = 4,
+    GrpcReceiveBuffer = 5,
     PluginConfiguration = 7,
 }
 
@@ -218,6 +220,34 @@ extern "C" {
         timeout_ms: u32,
         token: *mut u32,
     ) -> u32;
+    fn proxy_grpc_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        service: *const u8,
+        service_size: usize,
+        method: *const u8,
+        method_size: usize,
+        initial_metadata: *const u8,
+        initial_metadata_size: usize,
+        message: *const u8,
+        message_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_grpc_stream(
+        upstream: *const u8,
+        upstream_size: usize,
+        service: *const u8,
+        service_size: usize,
+        method: *const u8,
+        method_size: usize,
+        initial_metadata: *const u8,
+        initial_metadata_size: usize,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_grpc_send(token: u32, message: *const u8, message_size: usize, end_stream: u32)
+        -> u32;
+    fn proxy_grpc_cancel(token: u32) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period_ms: u32) -> u32;
@@ -379,6 +409,73 @@ pub fn http_call(
     Ok(token)
 }
 
+/// Where a gRPC call or stream goes: `upstream` as the host names it (for
+/// Envoy, an encoded `GrpcService` or a cluster name), the service and
+/// method, and the initial metadata as a serialised map.
+pub struct GrpcTarget<'a> {
+    pub upstream: &'a [u8],
+    pub service: &'a str,
+    pub method: &'a str,
+    pub metadata: &'a [u8],
+}
+
+/// A unary gRPC call; its answer comes to `proxy_on_grpc_receive` (or
+/// `proxy_on_grpc_close` on failure) with the returned token.
+pub fn grpc_call(target: &GrpcTarget<'_>, message: &[u8], timeout_ms: u32) -> Result<u32, Status> {
+    let mut token: u32 = 0;
+    // SAFETY: pointers and lengths of live slices; the host writes one u32.
+    check(unsafe {
+        proxy_grpc_call(
+            target.upstream.as_ptr(),
+            target.upstream.len(),
+            target.service.as_ptr(),
+            target.service.len(),
+            target.method.as_ptr(),
+            target.method.len(),
+            target.metadata.as_ptr(),
+            target.metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Opens a bidirectional gRPC stream; its messages come to
+/// `proxy_on_grpc_receive`, its end to `proxy_on_grpc_close`.
+pub fn grpc_stream(target: &GrpcTarget<'_>) -> Result<u32, Status> {
+    let mut token: u32 = 0;
+    // SAFETY: pointers and lengths of live slices; the host writes one u32.
+    check(unsafe {
+        proxy_grpc_stream(
+            target.upstream.as_ptr(),
+            target.upstream.len(),
+            target.service.as_ptr(),
+            target.service.len(),
+            target.method.as_ptr(),
+            target.method.len(),
+            target.metadata.as_ptr(),
+            target.metadata.len(),
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Sends one message on a stream (the host frames it), leaving it open.
+pub fn grpc_send(token: u32, message: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointer and length of a live slice.
+    check(unsafe { proxy_grpc_send(token, message.as_ptr(), message.len(), 0) })
+}
+
+/// Ends a call or stream at once; the host calls nothing back for it.
+pub fn grpc_cancel(token: u32) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_grpc_cancel(token) })
+}
+
 /// Lets the current (paused) request go on.
 pub fn continue_request() -> Result<(), Status> {
     // SAFETY: no pointers. Stream type 0: the HTTP request.
@@ -496,6 +593,19 @@ pub extern "C" fn proxy_on_http_call_response(
     _trailers: usize,
 ) {
     crate::on_http_call_response(context_id, token, headers, body_size);
+}
+
+/// A message on a gRPC stream, or a unary call's answer: `size` bytes in
+/// the gRPC receive buffer.
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize) {
+    crate::on_grpc_receive(context_id, token, size);
+}
+
+/// A gRPC call or stream ended (a unary call only when it failed).
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
+    crate::on_grpc_close(context_id, token, status_code);
 }
 
 /// Always done at once: nothing is left to finish. APISIX's host calls this

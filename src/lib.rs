@@ -91,6 +91,14 @@ fn root_by_id(vm: &Vm, id: u32) -> Option<Rc<Root>> {
         .cloned()
 }
 
+/// The root context whose callback starts now.
+fn enter_root(context_id: u32) -> Option<Rc<Root>> {
+    VM.with(|vm| {
+        vm.active.set(context_id);
+        root_by_id(vm, context_id)
+    })
+}
+
 fn on_vm_start() {
     install_logger();
 }
@@ -116,19 +124,11 @@ fn on_context_create(context_id: u32, parent_context_id: u32) {
 }
 
 fn on_configure(root_context_id: u32, configuration_size: usize) -> bool {
-    let root = VM.with(|vm| {
-        vm.active.set(root_context_id);
-        root_by_id(vm, root_context_id)
-    });
-    root.is_some_and(|root| root.configure(configuration_size))
+    enter_root(root_context_id).is_some_and(|root| root.configure(configuration_size))
 }
 
 fn on_tick(root_context_id: u32) {
-    let root = VM.with(|vm| {
-        vm.active.set(root_context_id);
-        root_by_id(vm, root_context_id)
-    });
-    if let Some(root) = root {
+    if let Some(root) = enter_root(root_context_id) {
         root.tick();
     }
 }
@@ -220,6 +220,19 @@ fn on_http_call_response(context_id: u32, token: u32, headers: usize, body_size:
                 status.code()
             );
         }
+    }
+}
+
+/// gRPC answers come to the root context that opened the call or stream.
+fn on_grpc_receive(context_id: u32, token: u32, size: usize) {
+    if let Some(root) = enter_root(context_id) {
+        root.grpc_message(token, size);
+    }
+}
+
+fn on_grpc_close(context_id: u32, token: u32, status_code: u32) {
+    if let Some(root) = enter_root(context_id) {
+        root.grpc_close(token, status_code);
     }
 }
 

@@ -15,8 +15,8 @@ use graylane_core::metrics::RequestCounts;
 use graylane_core::request::{parse_header_map, serialise_header_map};
 use graylane_core::rules::Rules;
 use graylane_core::source::{
-    self, Base, CalloutRequest, CalloutResponse, Clock, Fetcher, HttpCallout, Installed,
-    LocalStore, Logger, Metrics, SharedStore, StoreError,
+    self, Base, CalloutRequest, CalloutResponse, Clock, Fetcher, GrpcChannel, GrpcTarget,
+    HttpCallout, Installed, LocalStore, Logger, Metrics, SharedStore, StoreError,
 };
 use graylane_core::split::WeylSequence;
 
@@ -238,6 +238,31 @@ impl Root {
         self.with_fetcher(|fetcher, host| fetcher.abandon(host, token));
     }
 
+    /// A gRPC message for the fetcher (a watch event, a read's answer).
+    pub fn grpc_message(&self, token: u32, size: usize) {
+        let message = match abi::buffer_bytes(BufferType::GrpcReceiveBuffer, size) {
+            Ok(message) => message,
+            Err(status) => {
+                log::warn!(
+                    "graylane: cannot read a gRPC message: host status {}",
+                    status.code()
+                );
+                return;
+            }
+        };
+        let installed = self
+            .with_fetcher(|fetcher, host| fetcher.on_grpc_message(host, token, message.bytes()))
+            .flatten();
+        drop(message);
+        if let Some(installed) = installed {
+            self.install(installed);
+        }
+    }
+
+    pub fn grpc_close(&self, token: u32, status: u32) {
+        self.with_fetcher(|fetcher, host| fetcher.on_grpc_close(host, token, status));
+    }
+
     /// Reads a callout's answer and hands it to the fetcher.
     pub fn answer_callout(&self, token: u32, headers: usize, body_size: usize) {
         let mut response = CalloutResponse::default();
@@ -314,6 +339,52 @@ impl HttpCallout for PluginHost<'_> {
             .map_err(|status| format!("host status {} (is the cluster defined?)", status.code()))?;
         crate::note_callout(token);
         Ok(token)
+    }
+}
+
+impl PluginHost<'_> {
+    /// Runs `open` with the target as the ABI takes it.
+    fn with_grpc_target<R>(
+        &self,
+        target: &GrpcTarget,
+        open: impl FnOnce(&abi::GrpcTarget<'_>) -> Result<R, Status>,
+    ) -> Result<R, String> {
+        if self.root.apisix_mode.get() {
+            return Err("APISIX's host has no gRPC calls".into());
+        }
+        let pairs: Vec<(&[u8], &[u8])> = target
+            .metadata
+            .iter()
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
+            .collect();
+        let metadata = serialise_header_map(&pairs).ok_or("metadata too large")?;
+        open(&abi::GrpcTarget {
+            upstream: &target.upstream,
+            service: target.service,
+            method: target.method,
+            metadata: &metadata,
+        })
+        .map_err(|status| format!("host status {} (is the cluster defined?)", status.code()))
+    }
+}
+
+impl GrpcChannel for PluginHost<'_> {
+    fn call(&mut self, target: &GrpcTarget, message: &[u8], timeout_ms: u64) -> Result<u32, String> {
+        let timeout = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
+        self.with_grpc_target(target, |target| abi::grpc_call(target, message, timeout))
+    }
+
+    fn open_stream(&mut self, target: &GrpcTarget) -> Result<u32, String> {
+        self.with_grpc_target(target, abi::grpc_stream)
+    }
+
+    fn send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        abi::grpc_send(stream, message).map_err(|status| format!("host status {}", status.code()))
+    }
+
+    fn cancel(&mut self, token: u32) {
+        // Gone already (the host closed it) is as good as canceled.
+        let _ = abi::grpc_cancel(token);
     }
 }
 

@@ -79,6 +79,13 @@ struct Host {
     tick_period: Option<u32>,
     metric_names: Vec<String>,
     metric_values: BTreeMap<u32, i64>,
+    /// gRPC: calls and streams opened (token, service/method), messages sent
+    /// (token, bytes), tokens canceled; the message `proxy_on_grpc_receive`
+    /// hands over.
+    grpc_opened: Vec<(i32, String)>,
+    grpc_sent: Vec<(i32, Vec<u8>)>,
+    grpc_canceled: Vec<i32>,
+    grpc_message: Vec<u8>,
     /// The contexts resumed by `proxy_continue_stream`.
     resumed: Vec<i32>,
     /// The context host calls act on: the one whose callback runs, or the
@@ -191,6 +198,15 @@ fn parse(bytes: &[u8]) -> Headers {
 
 // ---------------------------------------------------------------------------
 // The host functions.
+
+/// `service/method` of a gRPC call, read from the guest.
+fn grpc_name(caller: &mut Ctx<'_>, service: (i32, i32), method: (i32, i32)) -> wasmtime::Result<String> {
+    Ok(format!(
+        "{}/{}",
+        read_str(caller, service.0, service.1)?,
+        read_str(caller, method.0, method.1)?
+    ))
+}
 
 macro_rules! fail {
     ($caller:expr, $name:literal) => {
@@ -314,6 +330,7 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             fail!(caller, "proxy_get_buffer_bytes");
             let bytes = match buffer {
                 4 => caller.data().call_body.clone(),
+                5 => caller.data().grpc_message.clone(),
                 7 => caller.data().configuration.clone(),
                 _ => return Ok(2),
             };
@@ -370,6 +387,84 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 timeout_ms: timeout_ms as u32,
             });
             write_u32(&mut caller, token_out, token)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut caller: Ctx<'_>,
+         _upstream: i32,
+         _upstream_len: i32,
+         service: i32,
+         service_len: i32,
+         method: i32,
+         method_len: i32,
+         _metadata: i32,
+         _metadata_len: i32,
+         message: i32,
+         message_len: i32,
+         _timeout_ms: i32,
+         token_out: i32|
+         -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_grpc_call");
+            let name = grpc_name(&mut caller, (service, service_len), (method, method_len))?;
+            let message = read(&mut caller, message, message_len)?;
+            let host = caller.data_mut();
+            host.next_token += 1;
+            let token = host.next_token as i32;
+            host.grpc_opened.push((token, name));
+            host.grpc_sent.push((token, message));
+            write_u32(&mut caller, token_out, token as u32)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |mut caller: Ctx<'_>,
+         _upstream: i32,
+         _upstream_len: i32,
+         service: i32,
+         service_len: i32,
+         method: i32,
+         method_len: i32,
+         _metadata: i32,
+         _metadata_len: i32,
+         token_out: i32|
+         -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_grpc_stream");
+            let name = grpc_name(&mut caller, (service, service_len), (method, method_len))?;
+            let host = caller.data_mut();
+            host.next_token += 1;
+            let token = host.next_token as i32;
+            host.grpc_opened.push((token, name));
+            write_u32(&mut caller, token_out, token as u32)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |mut caller: Ctx<'_>,
+         token: i32,
+         message: i32,
+         message_len: i32,
+         end_stream: i32|
+         -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_grpc_send");
+            assert_eq!(end_stream, 0, "the watch stream stays open");
+            let message = read(&mut caller, message, message_len)?;
+            caller.data_mut().grpc_sent.push((token, message));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_cancel",
+        |mut caller: Ctx<'_>, token: i32| -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_grpc_cancel");
+            caller.data_mut().grpc_canceled.push(token);
             Ok(OK)
         },
     )?;
@@ -657,6 +752,13 @@ impl Plugin {
         );
     }
 
+    /// Hands `message` to the plugin as gRPC message `token`'s.
+    fn grpc_receive(&mut self, token: i32, message: Vec<u8>) {
+        let size = message.len() as i32;
+        self.host().grpc_message = message;
+        self.call_on::<(i32, i32, i32), ()>(ROOT, "proxy_on_grpc_receive", (ROOT, token, size));
+    }
+
     /// The host calls made since the last `take_calls`.
     fn take_calls(&mut self) -> Vec<String> {
         std::mem::take(&mut self.host().calls)
@@ -710,6 +812,8 @@ fn the_module_exports_the_callbacks_it_needs_and_imports_only_known_calls() {
         "proxy_on_configure",
         "proxy_on_request_headers",
         "proxy_on_http_call_response",
+        "proxy_on_grpc_receive",
+        "proxy_on_grpc_close",
         "proxy_on_tick",
         "proxy_on_done",
         "proxy_on_delete",
@@ -973,6 +1077,95 @@ fn a_tick_fetches_and_the_answer_installs_the_rules() {
         .position(|name| name == "graylane_requests_total.service.b.subset.new")
         .unwrap();
     assert_eq!(host.metric_values[&(id as u32)], 1);
+}
+
+/// Push mode on etcd: the tick reads the key over gRPC (`KV/Range`), the
+/// answer installs the rules and opens the watch (`Watch/Watch` and one
+/// create request from the read's revision + 1), a put event installs the
+/// next document, a close of the stream is taken calmly.
+#[test]
+fn an_etcd_watch_reads_then_streams_events_into_the_rules() {
+    use graylane_core::source::etcd_proto::{
+        Event, KeyValue, RangeResponse, ResponseHeader, WatchRequest, WatchRequestUnion,
+        WatchResponse,
+    };
+    use prost::Message;
+
+    let document_for = |cluster: &str| {
+        json!({"services": [{"name": "b", "hosts": ["b.test"], "default": "new",
+            "subsets": [{"name": "new", "cluster": cluster}]}]})
+        .to_string()
+        .into_bytes()
+    };
+    let kv = |revision: i64, cluster: &str| KeyValue {
+        key: b"/graylane/b".to_vec(),
+        mod_revision: revision,
+        value: document_for(cluster),
+    };
+    let mut plugin = Plugin::start(Host {
+        now_ns: 1_700_000_000_000_000_000,
+        ..Host::default()
+    });
+    let mut document = rules();
+    document["source"] = json!({"format": "etcd", "cluster": "etcd", "key": "/graylane/b"});
+    assert!(plugin.configure(&document));
+    assert_eq!(plugin.host().tick_period, Some(1_000));
+    plugin.take_calls();
+    plugin.tick();
+    let calls = plugin.take_calls();
+    assert!(calls.contains(&"proxy_grpc_call".to_string()), "{calls:?}");
+    assert!(!calls.contains(&"proxy_http_call".to_string()), "{calls:?}");
+    let (read, name) = plugin.host().grpc_opened[0].clone();
+    assert_eq!(name, "etcdserverpb.KV/Range");
+
+    let answer = RangeResponse {
+        header: Some(ResponseHeader { revision: 7 }),
+        kvs: vec![kv(5, "b-read")],
+        count: 1,
+    };
+    plugin.grpc_receive(read, answer.encode_to_vec());
+    let calls = plugin.take_calls();
+    for wanted in ["proxy_get_buffer_bytes", "proxy_grpc_stream", "proxy_grpc_send"] {
+        assert!(calls.contains(&wanted.to_string()), "{wanted}: {calls:?}");
+    }
+    let (stream, name) = plugin.host().grpc_opened[1].clone();
+    assert_eq!(name, "etcdserverpb.Watch/Watch");
+    let (sent_on, create) = plugin.host().grpc_sent.last().cloned().unwrap();
+    assert_eq!(sent_on, stream);
+    match WatchRequest::decode(create.as_slice()).unwrap().request {
+        Some(WatchRequestUnion::Create(create)) => {
+            assert_eq!((create.key.as_slice(), create.start_revision), (&b"/graylane/b"[..], 8));
+        }
+        other => panic!("not a create request: {other:?}"),
+    }
+    plugin.request(2, &get("b.test"));
+    assert_eq!(plugin.host().values(CLUSTER), ["b-read"]);
+    plugin.close(2);
+
+    let created = WatchResponse {
+        created: true,
+        ..WatchResponse::default()
+    };
+    plugin.grpc_receive(stream, created.encode_to_vec());
+    let event = WatchResponse {
+        events: vec![Event {
+            kind: 0,
+            kv: Some(kv(9, "b-watched")),
+        }],
+        ..WatchResponse::default()
+    };
+    plugin.grpc_receive(stream, event.encode_to_vec());
+    plugin.request(3, &get("b.test"));
+    assert_eq!(plugin.host().values(CLUSTER), ["b-watched"]);
+    plugin.close(3);
+
+    // etcd goes away: the stream closes; the rules stay, nothing is
+    // canceled (the host closed it), and the next ticks wait for the backoff.
+    plugin.call_on::<(i32, i32, i32), ()>(ROOT, "proxy_on_grpc_close", (ROOT, stream, 13));
+    assert!(plugin.host().grpc_canceled.is_empty());
+    plugin.request(4, &get("b.test"));
+    assert_eq!(plugin.host().values(CLUSTER), ["b-watched"]);
+    plugin.close(4);
 }
 
 /// APISIX: no ticks, no shared data, no clock; the request that finds the

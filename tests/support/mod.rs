@@ -497,6 +497,12 @@ impl EnvoyConfig {
         // the mirror policy only for rules that mirror.
         bootstrap.pin_header = self.header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie");
         bootstrap.mirror_header = self.header_if_used("mirror", "mirror_header", "x-graylane-mirror");
+        // As `graylane envoy` does: HTTP/2 to a source read over gRPC.
+        let grpc_cluster = graylane_core::source::configure(self.plugin_json.as_bytes())
+            .ok()
+            .and_then(|(_, extensions)| extensions.source)
+            .filter(|source| source.uses_grpc())
+            .map(|source| source.cluster);
         bootstrap.clusters = self
             .clusters
             .iter()
@@ -506,7 +512,7 @@ impl EnvoyConfig {
                     host: addr.ip().to_string(),
                     port: addr.port(),
                 }],
-                http2: false,
+                http2: grpc_cluster.as_ref() == Some(name),
             })
             .collect();
         bootstrap.to_value()

@@ -66,7 +66,9 @@ impl Endpoint {
 pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
-    /// gRPC and watch streams need HTTP/2 to the upstream (etcd).
+    /// gRPC and watch streams need HTTP/2 to the upstream (etcd), with
+    /// HTTP/2 keepalive: a watch on a hung etcd or a silent network would
+    /// otherwise wait for ever.
     pub http2: bool,
 }
 
@@ -446,7 +448,9 @@ fn cluster(cluster: &Cluster) -> Value {
                 "typed_extension_protocol_options".into(),
                 json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}
+                    "explicit_http_config": {"http2_protocol_options": {
+                        "connection_keepalive": {"interval": "2s", "timeout": "2s"}
+                    }}
                 }}),
             );
         }

@@ -640,6 +640,13 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if document.rules.services.iter().any(|service| service.pin.is_some()) {
         bootstrap.pin_header = Some(document.rules.pin_header.clone());
     }
+    // The etcd watch is a gRPC stream: its cluster speaks HTTP/2.
+    let grpc_cluster = document
+        .extensions
+        .source
+        .as_ref()
+        .filter(|source| source.uses_grpc())
+        .map(|source| source.cluster.clone());
     let mut stub_port = args.stub_port_base;
     for name in names {
         let mut given: Vec<envoy::Endpoint> = endpoints
@@ -655,9 +662,9 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
             stub_port = stub_port.saturating_add(1);
         }
         bootstrap.clusters.push(envoy::Cluster {
+            http2: grpc_cluster.as_ref() == Some(&name),
             name,
             endpoints: given,
-            http2: false,
         });
     }
     let header = format!(

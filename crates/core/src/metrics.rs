@@ -18,6 +18,10 @@ pub const SOURCE_REJECTED: &str = "graylane_source_rejected_total";
 pub const SOURCE_NOT_MODIFIED: &str = "graylane_source_not_modified_total";
 pub const SOURCE_UPDATES: &str = "graylane_source_updates_total";
 pub const SOURCE_VERSION: &str = "graylane_source_version";
+/// etcd watch streams opened (push mode): one at start, one per recovery.
+pub const SOURCE_WATCHES: &str = "graylane_source_watches_total";
+/// Watch messages received, progress answers included.
+pub const SOURCE_WATCH_MESSAGES: &str = "graylane_source_watch_messages_total";
 pub const BUILD_INFO: &str = "graylane_build_info";
 
 /// The gauge that says which graylane runs (set to 1):

@@ -28,7 +28,8 @@ use graylane_core::registry::RegistryService;
 use graylane_core::rules::Rules;
 use graylane_core::source::codec::base64_encode;
 use graylane_core::source::{
-    CalloutRequest, CalloutResponse, Clock, Fetcher, Format, HttpCallout, LocalStore, Logger,
+    CalloutRequest, CalloutResponse, Clock, Fetcher, Format, GrpcChannel, GrpcTarget, HttpCallout,
+    LocalStore, Logger, Mode,
     Metrics, SharedStore, SourceConfig, StoreError,
 };
 use graylane_core::split::WeylSequence;
@@ -285,6 +286,20 @@ impl HttpCallout for &Gateway {
     }
 }
 
+/// The campaign polls: no gRPC.
+impl GrpcChannel for &Gateway {
+    fn call(&mut self, _: &GrpcTarget, _: &[u8], _: u64) -> Result<u32, String> {
+        Err("no gRPC here".into())
+    }
+    fn open_stream(&mut self, _: &GrpcTarget) -> Result<u32, String> {
+        Err("no gRPC here".into())
+    }
+    fn send(&mut self, _: u32, _: &[u8]) -> Result<(), String> {
+        Err("no gRPC here".into())
+    }
+    fn cancel(&mut self, _: u32) {}
+}
+
 impl SharedStore for &Gateway {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         self.store.borrow().get(key)
@@ -307,6 +322,7 @@ impl Logger for &Gateway {
 
 fn source(format: Format) -> SourceConfig {
     SourceConfig {
+        mode: Mode::Poll,
         format,
         cluster: "rules".into(),
         path: "/rules".into(),

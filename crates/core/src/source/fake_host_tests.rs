@@ -17,6 +17,20 @@ struct World {
     gauges: RefCell<BTreeMap<String, u64>>,
     logs: RefCell<Vec<(log::Level, String)>>,
     refuse_dispatch: Cell<bool>,
+    grpc: RefCell<FakeGrpc>,
+}
+
+/// What the fetcher did over gRPC, in order.
+#[derive(Default)]
+struct FakeGrpc {
+    /// Unary calls: token, target, message.
+    calls: Vec<(u32, GrpcTarget, Vec<u8>)>,
+    /// Streams opened: token, target.
+    streams: Vec<(u32, GrpcTarget)>,
+    /// Messages sent on streams: token, message.
+    sent: Vec<(u32, Vec<u8>)>,
+    canceled: Vec<u32>,
+    refuse: bool,
 }
 
 struct FakeHost<'w>(&'w World);
@@ -36,6 +50,48 @@ impl HttpCallout for FakeHost<'_> {
         self.0.next_token.set(token);
         self.0.calls.borrow_mut().push((token, request.clone()));
         Ok(token)
+    }
+}
+
+impl FakeHost<'_> {
+    fn next_token(&self) -> u32 {
+        let token = self.0.next_token.get() + 1;
+        self.0.next_token.set(token);
+        token
+    }
+}
+
+impl GrpcChannel for FakeHost<'_> {
+    fn call(&mut self, target: &GrpcTarget, message: &[u8], _timeout_ms: u64) -> Result<u32, String> {
+        if self.0.grpc.borrow().refuse {
+            return Err("no such cluster".into());
+        }
+        let token = self.next_token();
+        self.0
+            .grpc
+            .borrow_mut()
+            .calls
+            .push((token, target.clone(), message.to_vec()));
+        Ok(token)
+    }
+    fn open_stream(&mut self, target: &GrpcTarget) -> Result<u32, String> {
+        if self.0.grpc.borrow().refuse {
+            return Err("no such cluster".into());
+        }
+        let token = self.next_token();
+        self.0.grpc.borrow_mut().streams.push((token, target.clone()));
+        Ok(token)
+    }
+    fn send(&mut self, stream: u32, message: &[u8]) -> Result<(), String> {
+        let mut grpc = self.0.grpc.borrow_mut();
+        if grpc.canceled.contains(&stream) {
+            return Err("host status 1".into());
+        }
+        grpc.sent.push((stream, message.to_vec()));
+        Ok(())
+    }
+    fn cancel(&mut self, token: u32) {
+        self.0.grpc.borrow_mut().canceled.push(token);
     }
 }
 
@@ -106,6 +162,7 @@ fn base() -> Base {
 
 fn etcd_config() -> SourceConfig {
     SourceConfig {
+        mode: settings::Mode::Poll,
         format: Format::Etcd {
             key: "/gl/rules".into(),
         },
@@ -554,6 +611,9 @@ fn a_fresh_worker_adopts_the_stored_document() {
     let mut other = Fetcher::new(plain_config(), base(), 5);
     assert!(other.sync(&mut world.host()).is_none());
 }
+
+#[path = "fake_host_watch_tests.rs"]
+mod watch;
 
 /// Whatever the control plane answers, the fetcher neither panics nor puts
 /// anything but a valid document in force.

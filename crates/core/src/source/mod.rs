@@ -1,15 +1,17 @@
 //! Live rules: fetching `services` from a control plane while the gateway
 //! runs. Nothing here depends on proxy-wasm: the fetcher talks to the gateway
 //! through the small traits below ([`Clock`], [`HttpCallout`],
-//! [`SharedStore`], [`Metrics`], [`Logger`]), which `plugin` implements with
+//! [`GrpcChannel`], [`SharedStore`], [`Metrics`], [`Logger`]), which `plugin` implements with
 //! host calls and the tests implement with a fake clock and a fake host.
 //!
 //! - [`settings`]: the `source` section and the `apisix_mode` switch.
 //! - [`fetcher`]: the per-worker state machine, the gateway-wide lease and
 //!   the document hand-over between workers.
 //! - [`codec`]: base64 and a body hash.
+//! - [`etcd_proto`]: the etcd gRPC messages of the watch.
 
 pub mod codec;
+pub mod etcd_proto;
 #[cfg(test)]
 mod fake_host_tests;
 pub mod fetcher;
@@ -21,7 +23,7 @@ use crate::config;
 use crate::rules::Rules;
 
 pub use fetcher::{FetchState, Fetcher, Installed};
-pub use settings::{configure, configure_node, Extensions, Format, SourceConfig};
+pub use settings::{configure, configure_node, Extensions, Format, Mode, SourceConfig};
 
 /// Milliseconds since the Unix epoch (any monotonic-enough origin will do).
 pub trait Clock {
@@ -81,6 +83,30 @@ pub trait SharedStore {
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
 }
 
+/// Where a gRPC call or stream goes and what it carries besides messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTarget {
+    /// What the host names the upstream by (for Envoy, an encoded
+    /// `GrpcService`: [`etcd_proto::grpc_service`]).
+    pub upstream: Vec<u8>,
+    pub service: &'static str,
+    pub method: &'static str,
+    /// Initial metadata (an etcd `token`, say), names lower-case.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// gRPC to the control plane (proxy-wasm's gRPC calls): a unary call, and a
+/// bidirectional stream. Messages are bare protobuf; the host frames them.
+/// Answers come later, tagged with the token: a message, or the close.
+pub trait GrpcChannel {
+    fn call(&mut self, target: &GrpcTarget, message: &[u8], timeout_ms: u64)
+        -> Result<u32, String>;
+    fn open_stream(&mut self, target: &GrpcTarget) -> Result<u32, String>;
+    fn send(&mut self, stream: u32, message: &[u8]) -> Result<(), String>;
+    /// Ends a call or stream at once; no close comes for it afterwards.
+    fn cancel(&mut self, token: u32);
+}
+
 pub trait Metrics {
     fn add(&mut self, counter: &str, delta: u64);
     fn gauge(&mut self, gauge: &str, value: u64);
@@ -91,8 +117,8 @@ pub trait Logger {
 }
 
 /// Everything the fetcher needs from the gateway.
-pub trait Host: Clock + HttpCallout + SharedStore + Metrics + Logger {}
-impl<T: Clock + HttpCallout + SharedStore + Metrics + Logger> Host for T {}
+pub trait Host: Clock + HttpCallout + GrpcChannel + SharedStore + Metrics + Logger {}
+impl<T: Clock + HttpCallout + GrpcChannel + SharedStore + Metrics + Logger> Host for T {}
 
 /// An in-process [`SharedStore`] with the same CAS rules as Envoy's shared
 /// data. Used where the host has no shared data (APISIX: one fetcher per

@@ -37,8 +37,18 @@ pub enum Format {
     Nacos { service: RegistryService },
 }
 
+/// How the rules reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The source tells the gateway of a change (an etcd watch).
+    Push,
+    /// The gateway asks every interval.
+    Poll,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceConfig {
+    pub mode: Mode,
     pub format: Format,
     /// Envoy cluster the callout goes through (on APISIX: `host:port`).
     pub cluster: String,
@@ -50,6 +60,14 @@ pub struct SourceConfig {
     pub timeout_ms: u64,
     pub jitter_percent: u32,
     pub max_backoff_ms: u64,
+}
+
+impl SourceConfig {
+    /// Whether the source is read over gRPC (the etcd watch of push mode):
+    /// its Envoy cluster must then speak HTTP/2.
+    pub fn uses_grpc(&self) -> bool {
+        matches!(self.format, Format::Etcd { .. }) && self.mode == Mode::Push
+    }
 }
 
 /// What the plugin reads beside the rules.
@@ -100,14 +118,37 @@ fn read_extensions(document: &Node, errors: &mut ConfigErrors) -> Extensions {
     match document.get("source") {
         None => {}
         Some(node) if node.is_null() => {}
-        Some(node) => extensions.source = read_source(node, &Path::of(&["source"]), errors),
+        Some(node) => {
+            extensions.source =
+                read_source(node, &Path::of(&["source"]), extensions.apisix_mode, errors)
+        }
     }
     extensions
 }
 
-fn read_source(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<SourceConfig> {
+fn read_source(
+    node: &Node,
+    path: &Path,
+    apisix_mode: bool,
+    errors: &mut ConfigErrors,
+) -> Option<SourceConfig> {
     let before = errors.0.len();
     let mut object = Object::new(node, path, errors)?;
+    let mode = match object.string("mode", errors) {
+        None if apisix_mode => Mode::Poll,
+        None => Mode::Push,
+        Some((name, _)) if name == "poll" => Mode::Poll,
+        Some((name, _)) if name == "push" && !apisix_mode => Mode::Push,
+        Some((name, mode_path)) => {
+            let reason = if name == "push" {
+                "must be \"poll\" in apisix_mode (APISIX's host has no gRPC streams)".to_string()
+            } else {
+                format!("must be \"push\" or \"poll\", got {name:?}")
+            };
+            refuse_at(errors, &object, "mode", &mode_path, &reason);
+            Mode::Poll
+        }
+    };
     let format_name = object
         .string("format", errors)
         .map_or_else(|| "graylane".to_string(), |(name, _)| name);
@@ -245,6 +286,7 @@ fn read_source(node: &Node, path: &Path, errors: &mut ConfigErrors) -> Option<So
         return None;
     }
     Some(SourceConfig {
+        mode,
         format: format?,
         cluster: cluster?,
         path: path_setting?,

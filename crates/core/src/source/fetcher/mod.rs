@@ -25,8 +25,9 @@
 
 mod protocol;
 mod records;
+mod watch;
 
-use super::settings::SourceConfig;
+use super::settings::{Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutResponse, Host, StoreError};
 use crate::metrics;
 use crate::rules::Rules;
@@ -35,6 +36,8 @@ use crate::split::fnv1a64;
 pub use protocol::Failure;
 use protocol::Outcome;
 use records::{Head, Lease};
+use watch::Watch;
+pub use watch::{WatchState, HEARTBEAT_MS, RETRY_BASE_MS, SILENCE_MS, WATCH_LEASE_MS};
 
 /// Added to the callout timeout before a worker gives up on an answer the
 /// host never delivered, and before another worker may take the lease over.
@@ -80,6 +83,8 @@ pub struct Fetcher {
     not_before: u64,
     /// A stored generation this worker could not compile (logged once).
     unusable_generation: u64,
+    /// Push mode (etcd): the watch instead of the polling fetch.
+    watch: Option<Watch>,
 }
 
 struct Keys {
@@ -98,6 +103,7 @@ impl Fetcher {
             rng = 1;
         }
         let worker = splitmix(&mut rng) | 1;
+        let watch = watch_key(&config).map(Watch::new);
         Fetcher {
             keys: Keys {
                 lease: format!("{prefix}.lease"),
@@ -113,6 +119,7 @@ impl Fetcher {
             version: None,
             not_before: 0,
             unusable_generation: 0,
+            watch,
         }
     }
 
@@ -131,6 +138,11 @@ impl Fetcher {
     /// How often the plugin should tick: often enough that a document one
     /// worker fetched reaches the others well within an interval.
     pub fn tick_period_ms(&self) -> u64 {
+        if self.watch.is_some() {
+            // The watch's heartbeat and lease want no more; documents reach
+            // the other workers without waiting for a tick.
+            return HEARTBEAT_MS;
+        }
         (self.config.interval_ms / 5).clamp(50, 1_000)
     }
 
@@ -138,6 +150,11 @@ impl Fetcher {
     /// worker stored, and fetch if this gateway is due and this worker wins
     /// the lease.
     pub fn on_tick(&mut self, host: &mut impl Host) -> Option<Installed> {
+        if self.watch.is_some() {
+            let adopted = self.sync(host);
+            self.watch_tick(host);
+            return adopted;
+        }
         let lost = self.watchdog(host);
         let adopted = self.sync(host);
         self.maybe_start(host);
@@ -219,39 +236,10 @@ impl Fetcher {
             return false;
         }
         let reservation = now + self.config.timeout_ms + GRACE_MS;
-        let mut claimed = None;
-        for _ in 0..3 {
-            let (mut lease, cas) = match host.get(&self.keys.lease) {
-                Ok(Some((bytes, cas))) => (Lease::parse(&bytes).unwrap_or_default(), cas),
-                Ok(None) => {
-                    // Create the record first, so that the claim below is a
-                    // real compare-and-swap even for the very first fetch.
-                    if host
-                        .set(&self.keys.lease, Lease::default().encode().as_bytes(), 0)
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    continue;
-                }
-                Err(_) => return false,
-            };
-            if now < lease.next_at {
-                self.not_before = lease.next_at;
-                return false;
-            }
-            lease.holder = self.worker;
-            lease.next_at = reservation;
-            match host.set(&self.keys.lease, lease.encode().as_bytes(), cas) {
-                Ok(()) => {
-                    claimed = Some(lease);
-                    break;
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(StoreError::Unavailable(_)) => return false,
-            }
-        }
-        if claimed.is_none() {
+        if self
+            .take_lease(host, reservation, |lease| now >= lease.next_at)
+            .is_none()
+        {
             return false;
         }
         self.not_before = reservation;
@@ -270,6 +258,43 @@ impl Fetcher {
                 false
             }
         }
+    }
+
+    /// Makes this worker the lease's holder until `until`, by
+    /// compare-and-swap, when `may_take` allows it on the lease as read;
+    /// otherwise remembers not to ask before the lease's `next_at`. Returns
+    /// the lease written.
+    fn take_lease(
+        &mut self,
+        host: &mut impl Host,
+        until: u64,
+        may_take: impl Fn(&Lease) -> bool,
+    ) -> Option<Lease> {
+        for _ in 0..3 {
+            let (mut lease, cas) = match host.get(&self.keys.lease) {
+                Ok(Some((bytes, cas))) => (Lease::parse(&bytes).unwrap_or_default(), cas),
+                Ok(None) => {
+                    // Create the record first, so that the claim below is a
+                    // real compare-and-swap even for the very first one.
+                    host.set(&self.keys.lease, Lease::default().encode().as_bytes(), 0)
+                        .ok()?;
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            if !may_take(&lease) {
+                self.not_before = lease.next_at;
+                return None;
+            }
+            lease.holder = self.worker;
+            lease.next_at = until;
+            match host.set(&self.keys.lease, lease.encode().as_bytes(), cas) {
+                Ok(()) => return Some(lease),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable(_)) => return None,
+            }
+        }
+        None
     }
 
     /// The request that carried the callout ended before its answer came (a
@@ -328,49 +353,9 @@ impl Fetcher {
                 body,
                 version,
                 gauge,
-            } => match compile_fetched(&self.base, &body) {
-                Ok((rules, document_version)) => {
-                    let generation = self.next_generation(host);
-                    let gauge = gauge.or(document_version).unwrap_or(generation);
-                    let head = Head {
-                        generation,
-                        gauge,
-                        version: version.clone(),
-                    };
-                    let mut record = head.encode("D1").into_bytes();
-                    record.push(b'\n');
-                    record.extend_from_slice(&body);
-                    // The document first, then the head that announces it.
-                    let stored = host.set(&self.keys.doc, &record, 0).is_ok()
-                        && host
-                            .set(&self.keys.head, head.encode("H1").as_bytes(), 0)
-                            .is_ok();
-                    if !stored {
-                        host.log(
-                            log::Level::Warn,
-                            "graylane: cannot share the fetched rules with the other workers",
-                        );
-                    }
-                    self.generation = generation;
-                    self.version = Some(version);
-                    host.add(metrics::SOURCE_UPDATES, 1);
-                    host.gauge(metrics::SOURCE_VERSION, gauge);
-                    host.log(
-                        log::Level::Info,
-                        &format!(
-                            "graylane: rules from the source in force: generation {generation}, version {gauge}, {} service(s)",
-                            rules.services.len()
-                        ),
-                    );
-                    installed = Some(Installed {
-                        rules,
-                        generation,
-                        version: gauge,
-                    });
-                    Ok(())
-                }
-                Err(why) => Err(Failure::Rejected(why)),
-            },
+            } => self
+                .install_document(host, body, version, gauge)
+                .map(|new| installed = Some(new)),
             Outcome::Failed(failure) => Err(failure),
         };
         if let Err(failure) = &result {
@@ -381,6 +366,57 @@ impl Fetcher {
         }
         self.release(host, result);
         installed
+    }
+
+    /// Compiles a document from the source and, when it compiles, puts it
+    /// in force here and stores it for the other workers: the one way a
+    /// fetch and a watch event change the rules.
+    fn install_document(
+        &mut self,
+        host: &mut impl Host,
+        body: Vec<u8>,
+        version: String,
+        gauge: Option<u64>,
+    ) -> Result<Installed, Failure> {
+        let (rules, document_version) =
+            compile_fetched(&self.base, &body).map_err(Failure::Rejected)?;
+        let generation = self.next_generation(host);
+        let gauge = gauge.or(document_version).unwrap_or(generation);
+        let head = Head {
+            generation,
+            gauge,
+            version: version.clone(),
+        };
+        let mut record = head.encode("D1").into_bytes();
+        record.push(b'\n');
+        record.extend_from_slice(&body);
+        // The document first, then the head that announces it.
+        let stored = host.set(&self.keys.doc, &record, 0).is_ok()
+            && host
+                .set(&self.keys.head, head.encode("H1").as_bytes(), 0)
+                .is_ok();
+        if !stored {
+            host.log(
+                log::Level::Warn,
+                "graylane: cannot share the fetched rules with the other workers",
+            );
+        }
+        self.generation = generation;
+        self.version = Some(version);
+        host.add(metrics::SOURCE_UPDATES, 1);
+        host.gauge(metrics::SOURCE_VERSION, gauge);
+        host.log(
+            log::Level::Info,
+            &format!(
+                "graylane: rules from the source in force: generation {generation}, version {gauge}, {} service(s)",
+                rules.services.len()
+            ),
+        );
+        Ok(Installed {
+            rules,
+            generation,
+            version: gauge,
+        })
     }
 
     fn next_generation(&self, host: &mut impl Host) -> u64 {
@@ -398,6 +434,43 @@ impl Fetcher {
     /// when it differs from the last one the gateway logged.
     fn release(&mut self, host: &mut impl Host, result: Result<(), Failure>) {
         let now = host.now_ms();
+        let next = self.update_lease(host, &result, |fetcher, lease| match &result {
+            Ok(()) => Lease {
+                holder: 0,
+                next_at: now + fetcher.jittered(fetcher.config.interval_ms),
+                failures: 0,
+                health: "ok".into(),
+            },
+            Err(failure) => {
+                let failures = lease.failures.saturating_add(1);
+                Lease {
+                    holder: 0,
+                    next_at: now + fetcher.backoff(failures),
+                    failures,
+                    health: health_text(failure),
+                }
+            }
+        });
+        self.not_before = next.next_at;
+        self.state = match result {
+            Ok(()) => FetchState::Idle,
+            Err(_) => FetchState::Backoff {
+                until_ms: next.next_at,
+                failures: next.failures,
+            },
+        };
+    }
+
+    /// Rewrites the lease as `change` says (compare-and-swap, retried), and
+    /// logs `result` when the health it writes differs from the one the
+    /// gateway logged last: a failure is told once, not once per attempt.
+    /// Returns the lease written.
+    fn update_lease(
+        &mut self,
+        host: &mut impl Host,
+        result: &Result<(), Failure>,
+        mut change: impl FnMut(&mut Self, &Lease) -> Lease,
+    ) -> Lease {
         let mut previous_health = String::new();
         let mut next = Lease::default();
         for _ in 0..4 {
@@ -407,32 +480,14 @@ impl Fetcher {
                 Err(_) => (Lease::default(), 0),
             };
             previous_health = lease.health.clone();
-            next = match &result {
-                Ok(()) => Lease {
-                    holder: 0,
-                    next_at: now + self.jittered(self.config.interval_ms),
-                    failures: 0,
-                    health: "ok".into(),
-                },
-                Err(failure) => {
-                    let failures = lease.failures.saturating_add(1);
-                    let mut reason = failure.to_string().replace('|', "/");
-                    truncate(&mut reason, MAX_REASON);
-                    Lease {
-                        holder: 0,
-                        next_at: now + self.backoff(failures),
-                        failures,
-                        health: reason,
-                    }
-                }
-            };
+            next = change(self, &lease);
             match host.set(&self.keys.lease, next.encode().as_bytes(), cas) {
                 Err(StoreError::CasMismatch) => continue,
                 _ => break,
             }
         }
         if next.health != previous_health {
-            match &result {
+            match result {
                 Err(failure) => host.log(
                     log::Level::Warn,
                     &format!(
@@ -447,14 +502,7 @@ impl Fetcher {
                 Ok(()) => {}
             }
         }
-        self.not_before = next.next_at;
-        self.state = match result {
-            Ok(()) => FetchState::Idle,
-            Err(_) => FetchState::Backoff {
-                until_ms: next.next_at,
-                failures: next.failures,
-            },
-        };
+        next
     }
 
     fn random(&mut self) -> u64 {
@@ -484,12 +532,27 @@ impl Fetcher {
 }
 
 
+/// The etcd key to watch, when the source is etcd in push mode.
+fn watch_key(config: &SourceConfig) -> Option<&str> {
+    match &config.format {
+        Format::Etcd { key } if config.uses_grpc() => Some(key),
+        _ => None,
+    }
+}
+
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A failure as the lease's `health` keeps it: no field separator, bounded.
+fn health_text(failure: &Failure) -> String {
+    let mut reason = failure.to_string().replace('|', "/");
+    truncate(&mut reason, MAX_REASON);
+    reason
 }
 
 fn truncate(text: &mut String, max: usize) {

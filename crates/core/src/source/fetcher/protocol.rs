@@ -28,6 +28,14 @@ pub enum Failure {
     KeyMissing,
     /// A document arrived and the validator refused it (not JSON included).
     Rejected(String),
+    /// A gRPC call or stream to etcd ended with this status (13: the
+    /// connection ended, 14: unavailable).
+    Grpc { what: &'static str, status: u32 },
+    /// etcd canceled the watch for a reason other than compaction.
+    Canceled(String),
+    /// Nothing came on the watch stream, not even the answer to a progress
+    /// request, for this long: etcd or the network hangs.
+    Silent(u64),
 }
 
 impl Failure {
@@ -46,6 +54,9 @@ impl fmt::Display for Failure {
             Failure::Etcd(why) => write!(f, "unexpected etcd reply: {why}"),
             Failure::KeyMissing => f.write_str("the etcd key does not exist"),
             Failure::Rejected(why) => write!(f, "document refused: {why}"),
+            Failure::Grpc { what, status } => write!(f, "{what} ended with gRPC status {status}"),
+            Failure::Canceled(why) => write!(f, "etcd canceled the watch: {why}"),
+            Failure::Silent(ms) => write!(f, "nothing from etcd on the watch for {ms} ms"),
         }
     }
 }
