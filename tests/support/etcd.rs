@@ -113,6 +113,59 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Compacts the history up to `revision` (physically: the revisions
+    /// before it are gone when this returns).
+    pub fn compact(&self, revision: u64) {
+        let body = json!({"revision": revision.to_string(), "physical": true});
+        let (status, reply) =
+            http_post(self.client, "/v3/kv/compaction", &body.to_string()).unwrap();
+        assert_eq!(status, 200, "etcd compaction: {reply}");
+    }
+
+    /// etcd's own Prometheus metrics (`/metrics`, no gRPC involved).
+    pub fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect_timeout(&self.client, Duration::from_secs(2)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            self.client
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    /// The sum of metric `name` over the series whose labels contain every
+    /// `label="value"` given, from [`Etcd::metrics`].
+    pub fn counter(&self, name: &str, labels: &[&str]) -> u64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+}
+
+/// The sum of metric `name` in a Prometheus text over the series whose
+/// labels contain every entry of `labels` (`grpc_method="Range"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|label| rest.contains(label))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .map(|value| value as u64)
+        .sum()
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
