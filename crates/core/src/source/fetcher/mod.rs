@@ -20,11 +20,16 @@
 //! - `doc`: `D1|generation|gauge|version\n` then the document, read only
 //!   when `head` shows a newer generation than the worker has.
 //!
+//!
+//! A fourth, `wake`, lists the workers' shared queues ([`wake`]): the worker
+//! that stores a document wakes the others, which adopt it at once.
+//!
 //! Only a document that compiles is stored: a worker never sees a bad one,
 //! and a failure of any kind leaves the rules in force as they are.
 
 mod protocol;
 mod records;
+pub mod wake;
 
 use super::settings::SourceConfig;
 use super::{compile_fetched, Base, CalloutResponse, Host, StoreError};
@@ -35,6 +40,7 @@ use crate::split::fnv1a64;
 pub use protocol::Failure;
 use protocol::Outcome;
 use records::{Head, Lease};
+use wake::Wake;
 
 /// Added to the callout timeout before a worker gives up on an answer the
 /// host never delivered, and before another worker may take the lease over.
@@ -80,6 +86,7 @@ pub struct Fetcher {
     not_before: u64,
     /// A stored generation this worker could not compile (logged once).
     unusable_generation: u64,
+    wake: Wake,
 }
 
 struct Keys {
@@ -98,6 +105,7 @@ impl Fetcher {
             rng = 1;
         }
         let worker = splitmix(&mut rng) | 1;
+        let wake = Wake::new(&prefix, worker);
         Fetcher {
             keys: Keys {
                 lease: format!("{prefix}.lease"),
@@ -113,6 +121,7 @@ impl Fetcher {
             version: None,
             not_before: 0,
             unusable_generation: 0,
+            wake,
         }
     }
 
@@ -138,10 +147,26 @@ impl Fetcher {
     /// worker stored, and fetch if this gateway is due and this worker wins
     /// the lease.
     pub fn on_tick(&mut self, host: &mut impl Host) -> Option<Installed> {
+        self.wake.maintain(host);
         let lost = self.watchdog(host);
         let adopted = self.sync(host);
         self.maybe_start(host);
         adopted.or(lost)
+    }
+
+    /// This VM's shared queue, once registered (on its first tick).
+    pub fn wake_queue(&self) -> Option<u32> {
+        self.wake.queue()
+    }
+
+    /// A message on a shared queue: another worker stored a document.
+    /// Drains the queue and adopts the document; `None` for a queue that
+    /// is not this fetcher's (another plugin configuration's).
+    pub fn on_queue_ready(&mut self, host: &mut impl Host, queue: u32) -> Option<Installed> {
+        if !self.wake.drain(host, queue) {
+            return None;
+        }
+        self.sync(host)
     }
 
     /// For hosts without ticks (APISIX): called from request handling.
@@ -345,7 +370,9 @@ impl Fetcher {
                         && host
                             .set(&self.keys.head, head.encode("H1").as_bytes(), 0)
                             .is_ok();
-                    if !stored {
+                    if stored {
+                        self.wake.wake_others(host);
+                    } else {
                         host.log(
                             log::Level::Warn,
                             "graylane: cannot share the fetched rules with the other workers",
