@@ -30,6 +30,7 @@ pub struct Status(u32);
 
 impl Status {
     pub const NOT_FOUND: Status = Status(1);
+    pub const EMPTY: Status = Status(7);
     pub const CAS_MISMATCH: Status = Status(8);
 
     pub fn code(self) -> u32 {
@@ -266,6 +267,9 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_register_shared_queue(name: *const u8, name_size: usize, queue: *mut u32) -> u32;
+    fn proxy_enqueue_shared_queue(queue: u32, value: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(queue: u32, value: *mut *mut u8, value_size: *mut usize) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name: *const u8,
@@ -528,6 +532,31 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> 
     })
 }
 
+/// Registers a shared queue served by the current (root) context; the same
+/// name gives the same id, and the first context to register it is served.
+pub fn register_shared_queue(name: &str) -> Result<u32, Status> {
+    let mut queue: u32 = 0;
+    // SAFETY: a live slice in; the host writes one u32.
+    check(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut queue) })?;
+    Ok(queue)
+}
+
+pub fn enqueue_shared_queue(queue: u32, message: &[u8]) -> Result<(), Status> {
+    // SAFETY: pointer and length of a live slice.
+    check(unsafe { proxy_enqueue_shared_queue(queue, message.as_ptr(), message.len()) })
+}
+
+/// The oldest message of a queue; `None` when it is empty.
+pub fn dequeue_shared_queue(queue: u32) -> Result<Option<HostBuffer>, Status> {
+    // SAFETY: valid out-parameters.
+    let read = read_buffer(|data, size| unsafe { proxy_dequeue_shared_queue(queue, data, size) });
+    match read {
+        Ok(buffer) => Ok(Some(buffer)),
+        Err(Status::EMPTY) => Ok(None),
+        Err(status) => Err(status),
+    }
+}
+
 pub fn define_metric(metric_type: MetricType, name: &str) -> Result<u32, Status> {
     let mut id: u32 = 0;
     // SAFETY: a live slice in; the host writes one u32.
@@ -573,6 +602,12 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: u
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     crate::on_tick(root_context_id);
+}
+
+/// A message arrived on a shared queue this root context registered.
+#[no_mangle]
+pub extern "C" fn proxy_on_queue_ready(root_context_id: u32, queue: u32) {
+    crate::on_queue_ready(root_context_id, queue);
 }
 
 #[no_mangle]

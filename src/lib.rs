@@ -133,6 +133,16 @@ fn on_tick(root_context_id: u32) {
     }
 }
 
+fn on_queue_ready(root_context_id: u32, queue: u32) {
+    let root = VM.with(|vm| {
+        vm.active.set(root_context_id);
+        root_by_id(vm, root_context_id)
+    });
+    if let Some(root) = root {
+        root.queue_ready(queue);
+    }
+}
+
 fn on_request_headers(context_id: u32) -> Action {
     let root = VM.with(|vm| {
         vm.active.set(context_id);

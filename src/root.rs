@@ -16,7 +16,7 @@ use graylane_core::request::{parse_header_map, serialise_header_map};
 use graylane_core::rules::Rules;
 use graylane_core::source::{
     self, Base, CalloutRequest, CalloutResponse, Clock, Fetcher, GrpcChannel, GrpcTarget,
-    HttpCallout, Installed, LocalStore, Logger, Metrics, SharedStore, StoreError,
+    HttpCallout, Installed, LocalStore, Logger, Metrics, SharedQueue, SharedStore, StoreError,
 };
 use graylane_core::split::WeylSequence;
 
@@ -172,7 +172,7 @@ impl Root {
         self.apisix_mode.set(extensions.apisix_mode);
         let fetcher = extensions
             .source
-            .map(|config| Fetcher::new(config, Base::of(&rules), now.rotate_left(17) ^ context));
+            .map(|config| Fetcher::new(config, Base::of(&rules), vm_seed(now) ^ context));
         let tick = fetcher.as_ref().map_or(FLUSH_PERIOD_MS, |fetcher| {
             u32::try_from(fetcher.tick_period_ms()).unwrap_or(FLUSH_PERIOD_MS)
         });
@@ -208,6 +208,16 @@ impl Root {
         self.flush_counts();
         if let Some(installed) = self
             .with_fetcher(|fetcher, host| fetcher.on_tick(host))
+            .flatten()
+        {
+            self.install(installed);
+        }
+    }
+
+    /// Another worker stored a document and woke this one.
+    pub fn queue_ready(&self, queue: u32) {
+        if let Some(installed) = self
+            .with_fetcher(|fetcher, host| fetcher.on_queue_ready(host, queue))
             .flatten()
         {
             self.install(installed);
@@ -298,6 +308,18 @@ impl Root {
             self.install(installed);
         }
     }
+}
+
+/// Tells this VM's fetcher apart from the other workers' (its lease holder
+/// id, its wake queue's name): workers configured in the same millisecond
+/// with the same context id differ by the OS's random bytes (WASI), which
+/// the standard library's hasher keys are drawn from.
+fn vm_seed(now: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    now.rotate_left(17) ^ random
 }
 
 /// Wall-clock milliseconds: the host's clock, or WASI's where the host
@@ -414,6 +436,32 @@ impl SharedStore for PluginHost<'_> {
                 unavailable(status)
             }
         })
+    }
+}
+
+fn queue_error(status: Status) -> String {
+    format!("host status {}", status.code())
+}
+
+impl SharedQueue for PluginHost<'_> {
+    fn register_queue(&mut self, name: &str) -> Result<u32, String> {
+        if self.root.apisix_mode.get() {
+            return Err("APISIX mode".into());
+        }
+        abi::register_shared_queue(name).map_err(queue_error)
+    }
+
+    fn enqueue(&mut self, queue: u32, message: &[u8]) -> Result<(), String> {
+        if self.root.apisix_mode.get() {
+            return Err("APISIX mode".into());
+        }
+        abi::enqueue_shared_queue(queue, message).map_err(queue_error)
+    }
+
+    fn dequeue(&mut self, queue: u32) -> Result<Option<Vec<u8>>, String> {
+        abi::dequeue_shared_queue(queue)
+            .map(|message| message.map(|buffer| buffer.bytes().to_vec()))
+            .map_err(queue_error)
     }
 }
 

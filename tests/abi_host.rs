@@ -16,7 +16,7 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
@@ -72,6 +72,8 @@ struct Host {
     properties: BTreeMap<Vec<u8>, Vec<u8>>,
     shared: BTreeMap<Vec<u8>, (Vec<u8>, u32)>,
     next_cas: u32,
+    /// Shared queues by id: (name, messages); ids from 1.
+    queues: BTreeMap<u32, (Vec<u8>, VecDeque<Vec<u8>>)>,
     next_token: u32,
     callouts: Vec<Callout>,
     local_replies: Vec<u32>,
@@ -553,6 +555,55 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         "env",
+        "proxy_register_shared_queue",
+        |mut caller: Ctx<'_>, name: i32, name_len: i32, id_out: i32| -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_register_shared_queue");
+            let name = read(&mut caller, name, name_len)?;
+            let queues = &mut caller.data_mut().queues;
+            let id = match queues.iter().find(|(_, (known, _))| *known == name) {
+                Some((id, _)) => *id,
+                None => {
+                    let id = queues.len() as u32 + 1;
+                    queues.insert(id, (name, VecDeque::new()));
+                    id
+                }
+            };
+            write_u32(&mut caller, id_out, id)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |mut caller: Ctx<'_>, id: i32, value: i32, value_len: i32| -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_enqueue_shared_queue");
+            let value = read(&mut caller, value, value_len)?;
+            match caller.data_mut().queues.get_mut(&(id as u32)) {
+                Some((_, messages)) => {
+                    messages.push_back(value);
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |mut caller: Ctx<'_>, id: i32, data: i32, size: i32| -> wasmtime::Result<i32> {
+            fail!(caller, "proxy_dequeue_shared_queue");
+            let message = match caller.data_mut().queues.get_mut(&(id as u32)) {
+                Some((_, messages)) => messages.pop_front(),
+                None => return Ok(NOT_FOUND),
+            };
+            match message {
+                Some(message) => give(&mut caller, &message, data, size),
+                None => Ok(7), // empty
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
         "proxy_define_metric",
         |mut caller: Ctx<'_>,
          _kind: i32,
@@ -732,6 +783,10 @@ impl Plugin {
         self.call_on::<i32, ()>(ROOT, "proxy_on_tick", ROOT);
     }
 
+    fn queue_ready(&mut self, queue: u32) {
+        self.call_on::<(i32, i32), ()>(ROOT, "proxy_on_queue_ready", (ROOT, queue as i32));
+    }
+
     /// Answers callout `token` on context `id` with `status` and `body`.
     fn answer(&mut self, id: i32, token: i32, status: &str, headers: &[(&str, &str)], body: &str) {
         let mut map: Headers = vec![(b":status".to_vec(), status.as_bytes().to_vec())];
@@ -815,6 +870,7 @@ fn the_module_exports_the_callbacks_it_needs_and_imports_only_known_calls() {
         "proxy_on_grpc_receive",
         "proxy_on_grpc_close",
         "proxy_on_tick",
+        "proxy_on_queue_ready",
         "proxy_on_done",
         "proxy_on_delete",
     ];
@@ -1166,6 +1222,75 @@ fn an_etcd_watch_reads_then_streams_events_into_the_rules() {
     plugin.request(4, &get("b.test"));
     assert_eq!(plugin.host().values(CLUSTER), ["b-watched"]);
     plugin.close(4);
+}
+
+/// Two VMs of one gateway (each its own host here, their shared data copied
+/// across as Envoy shares it): the first tick registers a queue and lists
+/// it; the VM that installs a document enqueues a wake on the other's
+/// queue, and the woken VM adopts the document on `proxy_on_queue_ready`.
+#[test]
+fn the_worker_that_installs_rules_wakes_the_other() {
+    let host = || Host {
+        now_ns: 1_700_000_000_000_000_000,
+        ..Host::default()
+    };
+    /// What Envoy shares between VMs: shared data and the queues.
+    fn share(from: &mut Plugin, to: &mut Plugin) {
+        to.host().shared = from.host().shared.clone();
+        to.host().next_cas = from.host().next_cas;
+        to.host().queues = from.host().queues.clone();
+    }
+    // The first VM to tick registers queue 1 and takes the lease.
+    let mut holder = Plugin::start(host());
+    assert!(holder.configure(&with_source(1_000)));
+    holder.take_calls();
+    holder.tick();
+    let calls = holder.take_calls();
+    assert!(
+        calls.contains(&"proxy_register_shared_queue".to_string()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"proxy_http_call".to_string()), "{calls:?}");
+    holder.tick();
+    let calls = holder.take_calls();
+    assert!(
+        !calls.contains(&"proxy_register_shared_queue".to_string()),
+        "registered once: {calls:?}"
+    );
+
+    // The second registers queue 2 and lists it beside the first. (This
+    // host's random bytes are constant: the VMs differ by their clock.)
+    let mut follower = Plugin::start(Host {
+        now_ns: 1_700_000_000_001_000_000,
+        ..Host::default()
+    });
+    assert!(follower.configure(&with_source(1_000)));
+    share(&mut holder, &mut follower);
+    follower.tick();
+    assert_eq!(follower.host().queues.len(), 2);
+    assert!(follower.host().callouts.is_empty(), "the lease is taken");
+
+    share(&mut follower, &mut holder);
+    holder.answer(ROOT, 1, "200", &[("etag", "\"1\"")], &fetched());
+    let calls = holder.take_calls();
+    assert!(
+        calls.contains(&"proxy_enqueue_shared_queue".to_string()),
+        "{calls:?}"
+    );
+    assert!(holder.host().queues[&1].1.is_empty(), "not the holder itself");
+    assert_eq!(holder.host().queues[&2].1.len(), 1, "the follower is woken");
+
+    share(&mut holder, &mut follower);
+    follower.take_calls();
+    follower.queue_ready(2);
+    let calls = follower.take_calls();
+    assert!(
+        calls.contains(&"proxy_dequeue_shared_queue".to_string()),
+        "{calls:?}"
+    );
+    assert!(follower.host().queues[&2].1.is_empty(), "drained");
+    follower.request(2, &get("b.test"));
+    assert_eq!(follower.host().values(CLUSTER), ["b-fetched"]);
 }
 
 /// APISIX: no ticks, no shared data, no clock; the request that finds the

@@ -30,7 +30,7 @@ use graylane_core::source::codec::base64_encode;
 use graylane_core::source::{
     CalloutRequest, CalloutResponse, Clock, Fetcher, Format, GrpcChannel, GrpcTarget, HttpCallout,
     LocalStore, Logger, Mode,
-    Metrics, SharedStore, SourceConfig, StoreError,
+    Metrics, SharedQueue, SharedStore, SourceConfig, StoreError,
 };
 use graylane_core::split::WeylSequence;
 use random::{decide_and_check, Random};
@@ -306,6 +306,19 @@ impl SharedStore for &Gateway {
     }
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         self.store.borrow_mut().set(key, value, cas)
+    }
+}
+
+/// One worker: nobody to wake.
+impl SharedQueue for &Gateway {
+    fn register_queue(&mut self, _name: &str) -> Result<u32, String> {
+        Ok(1)
+    }
+    fn enqueue(&mut self, _queue: u32, _message: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn dequeue(&mut self, _queue: u32) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
     }
 }
 

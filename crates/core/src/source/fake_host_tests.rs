@@ -2,10 +2,13 @@
 //! one store, a control plane whose answers the test writes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::codec::base64_encode;
 use super::*;
+
+/// A shared queue: its name and the messages waiting.
+type Queue = (String, VecDeque<Vec<u8>>);
 
 #[derive(Default)]
 struct World {
@@ -18,6 +21,9 @@ struct World {
     logs: RefCell<Vec<(log::Level, String)>>,
     refuse_dispatch: Cell<bool>,
     grpc: RefCell<FakeGrpc>,
+    /// Shared queues by id: (name, messages). The host keys them by name.
+    queues: RefCell<BTreeMap<u32, Queue>>,
+    refuse_queues: Cell<bool>,
 }
 
 /// What the fetcher did over gRPC, in order.
@@ -104,6 +110,36 @@ impl SharedStore for FakeHost<'_> {
     }
 }
 
+impl SharedQueue for FakeHost<'_> {
+    fn register_queue(&mut self, name: &str) -> Result<u32, String> {
+        if self.0.refuse_queues.get() {
+            return Err("host status 12".into());
+        }
+        let mut queues = self.0.queues.borrow_mut();
+        if let Some((id, _)) = queues.iter().find(|(_, (known, _))| known == name) {
+            return Ok(*id);
+        }
+        let id = queues.len() as u32 + 100;
+        queues.insert(id, (name.to_string(), VecDeque::new()));
+        Ok(id)
+    }
+    fn enqueue(&mut self, queue: u32, message: &[u8]) -> Result<(), String> {
+        match self.0.queues.borrow_mut().get_mut(&queue) {
+            Some((_, messages)) => {
+                messages.push_back(message.to_vec());
+                Ok(())
+            }
+            None => Err("host status 1".into()),
+        }
+    }
+    fn dequeue(&mut self, queue: u32) -> Result<Option<Vec<u8>>, String> {
+        match self.0.queues.borrow_mut().get_mut(&queue) {
+            Some((_, messages)) => Ok(messages.pop_front()),
+            None => Err("host status 1".into()),
+        }
+    }
+}
+
 impl Metrics for FakeHost<'_> {
     fn add(&mut self, counter: &str, delta: u64) {
         *self
@@ -140,6 +176,15 @@ impl World {
             .iter()
             .filter(|(level, _)| *level == log::Level::Warn)
             .map(|(_, message)| message.clone())
+            .collect()
+    }
+    /// Queues holding a message, as the host would call them ready.
+    fn ready_queues(&self) -> Vec<u32> {
+        self.queues
+            .borrow()
+            .iter()
+            .filter(|(_, (_, messages))| !messages.is_empty())
+            .map(|(id, _)| *id)
             .collect()
     }
     fn last_call(&self) -> (u32, CalloutRequest) {
@@ -820,4 +865,114 @@ fn an_answer_over_the_size_limit_is_refused_before_it_is_read() {
     );
     assert_eq!(world.counter("graylane_source_rejected_total"), 1);
     assert_eq!(world.counter("graylane_source_updates_total"), 1);
+}
+
+/// The worker that installs a document wakes every other worker's queue;
+/// each adopts it from the wake, without waiting for its tick.
+#[test]
+fn the_installing_worker_wakes_the_others() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut workers: Vec<Fetcher> = (0..3)
+        .map(|seed| Fetcher::new(etcd_config(), base(), seed))
+        .collect();
+    // No queue before the first tick (Envoy's configuration VM never ticks).
+    assert!(workers.iter().all(|worker| worker.wake_queue().is_none()));
+    for worker in &mut workers {
+        worker.on_tick(&mut world.host());
+    }
+    let queues: Vec<u32> = workers.iter().map(|w| w.wake_queue().unwrap()).collect();
+    assert_eq!(world.queues.borrow().len(), 3, "one queue per worker, by name");
+    let (token, _) = world.last_call();
+    let holder = workers
+        .iter()
+        .position(|w| matches!(w.state(), FetchState::InFlight { .. }))
+        .unwrap();
+    assert!(workers[holder]
+        .on_response(&mut world.host(), token, &etcd_reply(4, &doc(20)))
+        .is_some());
+    let mut ready = world.ready_queues();
+    let holder_queue = queues[holder];
+    assert!(!ready.contains(&holder_queue), "not itself");
+    assert_eq!(ready.len(), 2);
+    for (index, worker) in workers.iter_mut().enumerate() {
+        if index == holder {
+            continue;
+        }
+        // Another configuration's queue is not this fetcher's business.
+        assert!(worker.on_queue_ready(&mut world.host(), 9_999).is_none());
+        let adopted = worker
+            .on_queue_ready(&mut world.host(), queues[index])
+            .expect("adopted on the wake");
+        assert_eq!(adopted.generation, 1);
+        assert_eq!(canary_weight(&adopted), 2000);
+        ready.retain(|queue| *queue != queues[index]);
+        assert_eq!(world.ready_queues(), ready, "drained");
+        // A second wake for the same document changes nothing.
+        assert!(worker.on_queue_ready(&mut world.host(), queues[index]).is_none());
+    }
+}
+
+/// Queues of VMs that stopped ticking (a configuration reload) drop out of
+/// the record; the live ones stay listed as long as they tick.
+#[test]
+fn stale_queues_drop_out_and_live_ones_stay() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut old = Fetcher::new(etcd_config(), base(), 1);
+    let mut live = Fetcher::new(etcd_config(), base(), 2);
+    let mut holder = Fetcher::new(etcd_config(), base(), 3);
+    old.on_tick(&mut world.host());
+    let mut revision = 1;
+    for _ in 0..60 {
+        world.advance(1_000);
+        live.on_tick(&mut world.host());
+        holder.on_tick(&mut world.host());
+        for fetcher in [&mut live, &mut holder] {
+            if let FetchState::InFlight { token, .. } = fetcher.state().clone() {
+                revision += 1;
+                fetcher.on_response(&mut world.host(), token, &etcd_reply(revision, &doc(1)));
+            }
+        }
+    }
+    let record = world
+        .store
+        .borrow()
+        .entries_with_suffix(".wake")
+        .expect("a wake record");
+    let list = fetcher::wake::WakeList::parse(&record).unwrap();
+    let listed: Vec<u32> = list.live(world.now.get()).collect();
+    assert!(!listed.contains(&old.wake_queue().unwrap()), "{listed:?}");
+    assert!(listed.contains(&live.wake_queue().unwrap()), "{listed:?}");
+    assert!(listed.contains(&holder.wake_queue().unwrap()), "{listed:?}");
+}
+
+/// A host without shared queues: said once, and workers adopt on ticks.
+#[test]
+fn without_queues_workers_adopt_on_their_tick() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    world.refuse_queues.set(true);
+    let mut first = Fetcher::new(etcd_config(), base(), 1);
+    let mut second = Fetcher::new(etcd_config(), base(), 2);
+    first.on_tick(&mut world.host());
+    second.on_tick(&mut world.host());
+    first.on_tick(&mut world.host());
+    let infos = world
+        .logs
+        .borrow()
+        .iter()
+        .filter(|(_, message)| message.contains("no shared queue"))
+        .count();
+    assert_eq!(infos, 2, "once per worker");
+    let (token, _) = world.last_call();
+    for worker in [&mut first, &mut second] {
+        worker.on_response(&mut world.host(), token, &etcd_reply(3, &doc(5)));
+    }
+    assert!(world.ready_queues().is_empty());
+    world.advance(100);
+    let adopted = first
+        .on_tick(&mut world.host())
+        .or_else(|| second.on_tick(&mut world.host()));
+    assert_eq!(adopted.map(|installed| installed.generation), Some(1));
 }

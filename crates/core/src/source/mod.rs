@@ -1,7 +1,7 @@
 //! Live rules: fetching `services` from a control plane while the gateway
 //! runs. Nothing here depends on proxy-wasm: the fetcher talks to the gateway
 //! through the small traits below ([`Clock`], [`HttpCallout`],
-//! [`GrpcChannel`], [`SharedStore`], [`Metrics`], [`Logger`]), which `plugin` implements with
+//! [`GrpcChannel`], [`SharedStore`], [`SharedQueue`], [`Metrics`], [`Logger`]), which `plugin` implements with
 //! host calls and the tests implement with a fake clock and a fake host.
 //!
 //! - [`settings`]: the `source` section and the `apisix_mode` switch.
@@ -107,6 +107,18 @@ pub trait GrpcChannel {
     fn cancel(&mut self, token: u32);
 }
 
+/// Gateway-wide message queues (proxy-wasm shared queues): how the worker
+/// that stores a document wakes the others. Each queue is served by the VM
+/// that registered it.
+pub trait SharedQueue {
+    /// Registers this VM's queue named `name`; the id others enqueue to.
+    fn register_queue(&mut self, name: &str) -> Result<u32, String>;
+    /// Fails when the queue does not exist (any more).
+    fn enqueue(&mut self, queue: u32, message: &[u8]) -> Result<(), String>;
+    /// The oldest message; `None` when the queue is empty.
+    fn dequeue(&mut self, queue: u32) -> Result<Option<Vec<u8>>, String>;
+}
+
 pub trait Metrics {
     fn add(&mut self, counter: &str, delta: u64);
     fn gauge(&mut self, gauge: &str, value: u64);
@@ -117,8 +129,14 @@ pub trait Logger {
 }
 
 /// Everything the fetcher needs from the gateway.
-pub trait Host: Clock + HttpCallout + GrpcChannel + SharedStore + Metrics + Logger {}
-impl<T: Clock + HttpCallout + GrpcChannel + SharedStore + Metrics + Logger> Host for T {}
+pub trait Host:
+    Clock + HttpCallout + GrpcChannel + SharedStore + SharedQueue + Metrics + Logger
+{
+}
+impl<T: Clock + HttpCallout + GrpcChannel + SharedStore + SharedQueue + Metrics + Logger> Host
+    for T
+{
+}
 
 /// An in-process [`SharedStore`] with the same CAS rules as Envoy's shared
 /// data. Used where the host has no shared data (APISIX: one fetcher per
@@ -127,6 +145,17 @@ impl<T: Clock + HttpCallout + GrpcChannel + SharedStore + Metrics + Logger> Host
 pub struct LocalStore {
     entries: BTreeMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
+}
+
+#[cfg(test)]
+impl LocalStore {
+    /// The value of the one key ending in `suffix`.
+    fn entries_with_suffix(&self, suffix: &str) -> Option<Vec<u8>> {
+        self.entries
+            .iter()
+            .find(|(key, _)| key.ends_with(suffix))
+            .map(|(_, (value, _))| value.clone())
+    }
 }
 
 impl SharedStore for LocalStore {

@@ -20,12 +20,17 @@
 //! - `doc`: `D1|generation|gauge|version\n` then the document, read only
 //!   when `head` shows a newer generation than the worker has.
 //!
+//!
+//! A fourth, `wake`, lists the workers' shared queues ([`wake`]): the worker
+//! that stores a document wakes the others, which adopt it at once.
+//!
 //! Only a document that compiles is stored: a worker never sees a bad one,
 //! and a failure of any kind leaves the rules in force as they are.
 
 mod protocol;
 mod records;
 mod watch;
+pub mod wake;
 
 use super::settings::{Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutResponse, Host, StoreError};
@@ -38,6 +43,7 @@ use protocol::Outcome;
 use records::{Head, Lease};
 use watch::Watch;
 pub use watch::{WatchState, HEARTBEAT_MS, RETRY_BASE_MS, SILENCE_MS, WATCH_LEASE_MS};
+use wake::Wake;
 
 /// Added to the callout timeout before a worker gives up on an answer the
 /// host never delivered, and before another worker may take the lease over.
@@ -85,6 +91,7 @@ pub struct Fetcher {
     unusable_generation: u64,
     /// Push mode (etcd): the watch instead of the polling fetch.
     watch: Option<Watch>,
+    wake: Wake,
 }
 
 struct Keys {
@@ -104,6 +111,7 @@ impl Fetcher {
         }
         let worker = splitmix(&mut rng) | 1;
         let watch = watch_key(&config).map(Watch::new);
+        let wake = Wake::new(&prefix, worker);
         Fetcher {
             keys: Keys {
                 lease: format!("{prefix}.lease"),
@@ -120,6 +128,7 @@ impl Fetcher {
             not_before: 0,
             unusable_generation: 0,
             watch,
+            wake,
         }
     }
 
@@ -150,6 +159,7 @@ impl Fetcher {
     /// worker stored, and fetch if this gateway is due and this worker wins
     /// the lease.
     pub fn on_tick(&mut self, host: &mut impl Host) -> Option<Installed> {
+        self.wake.maintain(host);
         if self.watch.is_some() {
             let adopted = self.sync(host);
             self.watch_tick(host);
@@ -159,6 +169,21 @@ impl Fetcher {
         let adopted = self.sync(host);
         self.maybe_start(host);
         adopted.or(lost)
+    }
+
+    /// This VM's shared queue, once registered (on its first tick).
+    pub fn wake_queue(&self) -> Option<u32> {
+        self.wake.queue()
+    }
+
+    /// A message on a shared queue: another worker stored a document.
+    /// Drains the queue and adopts the document; `None` for a queue that
+    /// is not this fetcher's (another plugin configuration's).
+    pub fn on_queue_ready(&mut self, host: &mut impl Host, queue: u32) -> Option<Installed> {
+        if !self.wake.drain(host, queue) {
+            return None;
+        }
+        self.sync(host)
     }
 
     /// For hosts without ticks (APISIX): called from request handling.
@@ -395,7 +420,9 @@ impl Fetcher {
             && host
                 .set(&self.keys.head, head.encode("H1").as_bytes(), 0)
                 .is_ok();
-        if !stored {
+        if stored {
+            self.wake.wake_others(host);
+        } else {
             host.log(
                 log::Level::Warn,
                 "graylane: cannot share the fetched rules with the other workers",
