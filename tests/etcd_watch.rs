@@ -186,9 +186,11 @@ impl Load {
     }
 }
 
-/// Writes the flipped document; returns the time from etcd's answer to the
-/// write to the last request routed the old way (zero when none came after
-/// the answer: the watch event can arrive before the write's own reply).
+/// Writes the flipped document; returns the time from the start of the
+/// write (the put sent to etcd) to the send of the last request still routed
+/// the old way on any worker, once every worker answers the new way. etcd's
+/// own disk write is in it (its answer to the put comes about as late as
+/// the watch event).
 fn flip(etcd: &Etcd, load: &Load, to_green: bool) -> Duration {
     let (live, other) = if to_green {
         ("green", "blue")
@@ -197,10 +199,9 @@ fn flip(etcd: &Etcd, load: &Load, to_green: bool) -> Duration {
     };
     let before = Instant::now();
     etcd.put(KEY, &bluegreen(live, other).to_string());
-    let answered = Instant::now();
     let last_old = load.wait_every_worker(before, to_green, &format!("flip to {live}"));
     last_old.map_or(Duration::ZERO, |last| {
-        last.saturating_duration_since(answered)
+        last.saturating_duration_since(before)
     })
 }
 
