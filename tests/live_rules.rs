@@ -317,8 +317,10 @@ fn wait_for_version(gateway: &Gateway, version: u64, backend: &str) {
     );
 }
 
+/// An etcd source that polls (the JSON gateway, HTTP/1): these tests are
+/// about polling; the watch has tests/etcd_watch.rs.
 fn etcd_source(etcd: &Etcd, interval_ms: u64) -> Value {
-    json!({"format": "etcd", "cluster": "control", "key": "/graylane/b",
+    json!({"format": "etcd", "mode": "poll", "cluster": "control", "key": "/graylane/b",
            "authority": etcd.client.to_string(),
            "interval_ms": interval_ms, "timeout_ms": 250, "max_backoff_ms": 1000})
 }
