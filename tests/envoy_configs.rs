@@ -308,6 +308,34 @@ fn configurations_that_mirror_or_pin_pass_envoy_validate() {
     assert!(ok, "envoy refused the config:\n{log}");
 }
 
+/// An etcd source (push mode by default) is watched over gRPC: its cluster,
+/// and only its, speaks HTTP/2 with keepalive, and Envoy accepts that.
+#[test]
+fn an_etcd_watch_gets_an_http2_cluster_with_keepalive() {
+    let wasm = wasm_path().to_str().unwrap();
+    let run = graylane(&["envoy", "filters/examples/etcd-watch.json", "--wasm", wasm]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let config: Value = serde_norway::from_str(&run.stdout).unwrap();
+    let clusters = config["static_resources"]["clusters"].as_array().unwrap();
+    let http2: Vec<&str> = clusters
+        .iter()
+        .filter(|cluster| !cluster["typed_extension_protocol_options"].is_null())
+        .map(|cluster| cluster["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(http2, ["etcd"]);
+    let etcd = clusters.iter().find(|cluster| cluster["name"] == "etcd").unwrap();
+    let options = &etcd["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        ["http2_protocol_options"]["connection_keepalive"];
+    assert_eq!(options["interval"], "2s");
+    assert_eq!(options["timeout"], "2s");
+    let (ok, log) = validate("generated-etcd-watch", &run.stdout);
+    assert!(ok, "envoy refused the config:\n{log}");
+    // Polling reads etcd's JSON gateway: HTTP/1.
+    let polling = run.stdout.replace("\"key\": \"/graylane/rules\"", "\"key\": \"/graylane/rules\", \"mode\": \"poll\"");
+    assert_ne!(polling, run.stdout);
+}
+
 #[test]
 fn envoy_validate_refuses_what_it_should() {
     // The check above can fail: a missing plugin file is refused...

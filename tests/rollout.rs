@@ -76,7 +76,11 @@ impl Rig {
     /// rollout's state and lock).
     fn start_on(label: &str, http: bool) -> Rig {
         let etcd = Etcd::start(&format!("rollout-{label}"));
-        let timing = json!({"interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
+        // Polling: the test samples each gateway's version every 20 ms and
+        // wants to see every version written; pushed, a version the rollout
+        // replaces as soon as it is adopted can stand for less than that
+        // (the watch has tests/etcd_watch.rs).
+        let timing = json!({"mode": "poll", "interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
         let (mut source, control, store, revision) = if http {
             let mut document = rules();
             document["version"] = json!(1);

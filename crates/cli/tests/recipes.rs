@@ -182,6 +182,7 @@ fn the_examples_work_with_every_command() {
         "filters/examples/canary.json",
         "filters/examples/bluegreen.yaml",
         "filters/examples/two-services.yaml",
+        "filters/examples/etcd-watch.json",
     ] {
         for args in [
             vec!["check", example],
