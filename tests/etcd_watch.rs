@@ -192,6 +192,12 @@ impl Load {
 /// own disk write is in it (its answer to the put comes about as late as
 /// the watch event).
 fn flip(etcd: &Etcd, load: &Load, to_green: bool) -> Duration {
+    timed_flip(etcd, load, to_green).0
+}
+
+/// As [`flip`], with how long etcd took to answer the put (its disk write
+/// is in both).
+fn timed_flip(etcd: &Etcd, load: &Load, to_green: bool) -> (Duration, Duration, Instant) {
     let (live, other) = if to_green {
         ("green", "blue")
     } else {
@@ -199,10 +205,12 @@ fn flip(etcd: &Etcd, load: &Load, to_green: bool) -> Duration {
     };
     let before = Instant::now();
     etcd.put(KEY, &bluegreen(live, other).to_string());
+    let put = before.elapsed();
     let last_old = load.wait_every_worker(before, to_green, &format!("flip to {live}"));
-    last_old.map_or(Duration::ZERO, |last| {
+    let took = last_old.map_or(Duration::ZERO, |last| {
         last.saturating_duration_since(before)
-    })
+    });
+    (took, put, before)
 }
 
 /// Waits until `condition` holds; panics after `deadline`.
@@ -367,6 +375,61 @@ fn a_document_that_does_not_compile_keeps_the_rules_and_the_watch() {
     gateway.envoy.assert_no_wasm_errors();
 }
 
+/// A watch of the key by a plain etcd client (etcd's JSON gateway, which
+/// streams the watch over HTTP/1): when etcd itself delivers each change,
+/// to tell etcd's delays from the gateway's.
+struct DirectWatch {
+    events: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl DirectWatch {
+    fn start(etcd: &Etcd) -> DirectWatch {
+        use std::io::{Read, Write};
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let mut stream = std::net::TcpStream::connect(etcd.client).unwrap();
+        let key = graylane_core::source::codec::base64_encode(KEY.as_bytes());
+        let body = json!({"create_request": {"key": key}}).to_string();
+        write!(
+            stream,
+            "POST /v3/watch HTTP/1.1\r\nhost: etcd\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        thread::spawn(move || {
+            let mut buffer = vec![0u8; 1 << 16];
+            while let Ok(read) = stream.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                if String::from_utf8_lossy(&buffer[..read]).contains("\"events\"") {
+                    seen.lock().unwrap().push(Instant::now());
+                }
+            }
+        });
+        // Its `created` answer is in when a first read comes back.
+        thread::sleep(Duration::from_millis(300));
+        DirectWatch { events }
+    }
+
+    /// When the first event after `since` arrived, counted from `since`.
+    fn after(&self, since: Instant) -> Option<Duration> {
+        wait_for(Duration::from_secs(5), "the direct watch's event", || {
+            self.events.lock().unwrap().iter().any(|at| *at >= since)
+        });
+        let events = self.events.lock().unwrap();
+        events.iter().find(|at| **at >= since).map(|at| *at - since)
+    }
+}
+
+/// p50, p99 and max of `samples` (sorted here).
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    (at(0.5), at(0.99), samples[samples.len() - 1])
+}
+
 /// The figures: 20 flips under load with the default settings (write →
 /// last old answer, p50/p99/max), then etcd's request counters over a quiet
 /// minute.
@@ -374,23 +437,32 @@ fn a_document_that_does_not_compile_keeps_the_rules_and_the_watch() {
 #[ignore = "a benchmark: prints figures (--ignored --nocapture)"]
 fn watch_flip_benchmark() {
     let (etcd, gateway, load) = started_on_blue("watch-bench");
-    let mut times: Vec<Duration> = (0..20)
+    let direct = DirectWatch::start(&etcd);
+    let flips: Vec<(Duration, Duration, Duration)> = (0..20)
         .map(|flip_number| {
-            let took = flip(&etcd, &load, flip_number % 2 == 0);
+            let (took, put, before) = timed_flip(&etcd, &load, flip_number % 2 == 0);
+            let seen = direct.after(before).unwrap();
             thread::sleep(Duration::from_millis(200));
-            took
+            (took, put, seen)
         })
         .collect();
     let (failed, total) = load.stop();
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    let (p50, p99, max) = percentiles(&mut flips.iter().map(|flip| flip.0).collect::<Vec<_>>());
     println!(
-        "20 flips, 2 workers, default settings: write → last old answer p50 {:?}, p99 {:?}, max {:?}; {failed} of {total} requests failed",
-        at(0.5),
-        at(0.99),
-        times[times.len() - 1]
+        "20 flips, 2 workers, default settings: write → last old answer p50 {p50:?}, p99 {p99:?}, max {max:?}; {failed} of {total} requests failed"
     );
-    println!("all: {times:?}");
+    let (p50, p99, max) = percentiles(&mut flips.iter().map(|flip| flip.2).collect::<Vec<_>>());
+    println!(
+        "write → the event at a plain etcd watch client: p50 {p50:?}, p99 {p99:?}, max {max:?}"
+    );
+    let (p50, p99, max) = percentiles(
+        &mut flips
+            .iter()
+            .map(|flip| flip.0.saturating_sub(flip.2))
+            .collect::<Vec<_>>(),
+    );
+    println!("the gateway's part (last old answer after the plain client's event): p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    println!("each (write → last old answer, etcd's answer to the put, the plain client's event): {flips:?}");
     assert_eq!(failed, 0);
     drop(gateway);
     drop(etcd);
