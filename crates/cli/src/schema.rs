@@ -285,6 +285,8 @@ fn source_settings() -> Value {
         "fetch the services from a control plane while the gateway runs",
         json!({
             "format": {"enum": ["graylane", "etcd", "consul", "nacos"], "default": "graylane"},
+            "mode": {"enum": ["push", "poll"],
+                "description": "push: the source tells of a change (etcd: a watch over gRPC, the cluster HTTP/2); poll: asked every interval. Default push, poll in apisix_mode"},
             "cluster": non_empty_string("the gateway cluster to call (APISIX: host:port)"),
             "path": {"type": "string", "pattern": "^/", "description": "request path"},
             "key": non_empty_string("the etcd key (format etcd)"),

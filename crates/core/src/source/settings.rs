@@ -407,6 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn mode_is_push_unless_polling_is_asked_or_the_host_is_apisix() {
+        let mode = |text: &str| read(text).map(|extensions| extensions.source.unwrap().mode);
+        let etcd = r#""format":"etcd","cluster":"e","key":"/k""#;
+        assert_eq!(mode(&format!(r#"{{"source":{{{etcd}}}}}"#)), Ok(Mode::Push));
+        assert_eq!(mode(&format!(r#"{{"source":{{{etcd},"mode":"poll"}}}}"#)), Ok(Mode::Poll));
+        assert_eq!(
+            mode(&format!(r#"{{"apisix_mode":true,"source":{{{etcd}}}}}"#)),
+            Ok(Mode::Poll)
+        );
+        assert_eq!(
+            read(&format!(r#"{{"apisix_mode":true,"source":{{{etcd},"mode":"push"}}}}"#)).unwrap_err(),
+            "source.mode: must be \"poll\" in apisix_mode (APISIX's host has no gRPC streams)"
+        );
+        assert_eq!(
+            read(&format!(r#"{{"source":{{{etcd},"mode":"watch"}}}}"#)).unwrap_err(),
+            "source.mode: must be \"push\" or \"poll\", got \"watch\""
+        );
+        let source = read(&format!(r#"{{"source":{{{etcd}}}}}"#)).unwrap().source.unwrap();
+        assert!(source.uses_grpc());
+        let source = read(r#"{"source":{"cluster":"c","path":"/r"}}"#).unwrap().source.unwrap();
+        assert!(!source.uses_grpc(), "only etcd is watched over gRPC");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let error = read(r#"{"source":{"cluster":"cp","path":"/r","interval_ms":5}}"#).unwrap_err();
         assert_eq!(
