@@ -346,6 +346,44 @@ fn etcd_killed_under_load_restarted_with_a_new_document_and_compacted() {
     gateway.envoy.assert_no_wasm_errors();
 }
 
+/// A hung etcd fires nothing on the stream: the heartbeat notices the
+/// silence, the watcher reconnects once etcd answers again, and the change
+/// written then is adopted; routing never moves meanwhile.
+#[test]
+fn a_hung_etcd_is_noticed_and_the_watch_comes_back() {
+    let (etcd, gateway, load) = started_on_blue("watch-hung");
+    etcd.freeze();
+    let frozen = Instant::now();
+    wait_for(Duration::from_secs(10), "the silence noticed", || {
+        gateway
+            .envoy
+            .log()
+            .contains("nothing from etcd on the watch")
+    });
+    let noticed = frozen.elapsed();
+    thread::sleep(Duration::from_secs(1));
+    etcd.thaw();
+    let (blue, total) = load.routed_since(frozen, false);
+    assert_eq!(blue, total, "while etcd hung, every request stayed on blue");
+    let took = flip(&etcd, &load, true);
+    eprintln!("silence noticed after {noticed:?}; the flip after the thaw took {took:?}");
+    let (failed, total) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {total} requests failed");
+    assert!(
+        stat(&gateway, "graylane_source_watches_total") >= 2,
+        "a new watch"
+    );
+    assert_eq!(
+        gateway
+            .envoy
+            .log()
+            .matches("nothing from etcd on the watch")
+            .count(),
+        1
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}
+
 #[test]
 fn a_document_that_does_not_compile_keeps_the_rules_and_the_watch() {
     let (etcd, gateway, load) = started_on_blue("watch-refused");

@@ -98,6 +98,26 @@ impl Etcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its connections stay open and answer
+    /// nothing, as a hung server or a silent network does.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen etcd go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("etcd is not running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {signal} etcd");
+    }
+
     /// Puts `value` at `key`; returns the new revision.
     pub fn put(&self, key: &str, value: &str) -> u64 {
         let b64 = |data: &[u8]| graylane_core::source::codec::base64_encode(data);
