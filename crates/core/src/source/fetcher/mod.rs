@@ -24,6 +24,10 @@
 //! A fourth, `wake`, lists the workers' shared queues ([`wake`]): the worker
 //! that stores a document wakes the others, which adopt it at once.
 //!
+//! An etcd source in push mode fetches nothing every interval: the lease's
+//! holder keeps the lease while it watches the key (`watch`), and `next_at`
+//! is when its hold lapses unless renewed.
+//!
 //! Only a document that compiles is stored: a worker never sees a bad one,
 //! and a failure of any kind leaves the rules in force as they are.
 
