@@ -300,6 +300,10 @@ fn source_settings() -> Value {
                 u64::from(source::DEFAULT_JITTER_PERCENT), "± jitter on interval and backoff"),
             "max_backoff_ms": integer(source::MIN_INTERVAL_MS, source::MAX_BACKOFF_LIMIT_MS,
                 source::DEFAULT_MAX_BACKOFF_MS, "cap of the exponential backoff"),
+            "mode": {"enum": ["push", "poll"],
+                "description": "push (default; poll in apisix_mode): long-poll or watch, workers woken at once; poll: a request every interval_ms"},
+            "wait_ms": integer(source::MIN_WAIT_MS, source::MAX_WAIT_MS,
+                source::DEFAULT_WAIT_MS, "longest hold of a long-poll (mode push)"),
         }),
         &["cluster"],
     )

@@ -29,7 +29,7 @@ use graylane_core::rules::Rules;
 use graylane_core::source::codec::base64_encode;
 use graylane_core::source::{
     CalloutRequest, CalloutResponse, Clock, Fetcher, Format, HttpCallout, LocalStore, Logger,
-    Metrics, SharedQueue, SharedStore, SourceConfig, StoreError,
+    Metrics, Mode, SharedQueue, SharedStore, SourceConfig, StoreError,
 };
 use graylane_core::split::WeylSequence;
 use random::{decide_and_check, Random};
@@ -329,6 +329,8 @@ fn source(format: Format) -> SourceConfig {
         timeout_ms: 300,
         jitter_percent: 10,
         max_backoff_ms: 8_000,
+        mode: Mode::Poll,
+        wait_ms: 30_000,
     }
 }
 

@@ -162,6 +162,8 @@ fn etcd_config() -> SourceConfig {
         timeout_ms: 300,
         jitter_percent: 10,
         max_backoff_ms: 8_000,
+        mode: Mode::Poll,
+        wait_ms: 30_000,
     }
 }
 
