@@ -1084,7 +1084,7 @@ fn a_full_header_map_makes_the_plugin_look_for_hidden_cluster_and_tag_headers() 
 
 fn with_source(interval_ms: u64) -> Value {
     let mut document = rules();
-    document["source"] = json!({"cluster": "rules", "path": "/rules",
+    document["source"] = json!({"cluster": "rules", "path": "/rules", "mode": "poll",
                                 "interval_ms": interval_ms, "timeout_ms": 100});
     document
 }

@@ -285,8 +285,6 @@ fn source_settings() -> Value {
         "fetch the services from a control plane while the gateway runs",
         json!({
             "format": {"enum": ["graylane", "etcd", "consul", "nacos"], "default": "graylane"},
-            "mode": {"enum": ["push", "poll"],
-                "description": "push: the source tells of a change (etcd: a watch over gRPC, the cluster HTTP/2); poll: asked every interval. Default push, poll in apisix_mode"},
             "cluster": non_empty_string("the gateway cluster to call (APISIX: host:port)"),
             "path": {"type": "string", "pattern": "^/", "description": "request path"},
             "key": non_empty_string("the etcd key (format etcd)"),
@@ -302,6 +300,10 @@ fn source_settings() -> Value {
                 u64::from(source::DEFAULT_JITTER_PERCENT), "± jitter on interval and backoff"),
             "max_backoff_ms": integer(source::MIN_INTERVAL_MS, source::MAX_BACKOFF_LIMIT_MS,
                 source::DEFAULT_MAX_BACKOFF_MS, "cap of the exponential backoff"),
+            "mode": {"enum": ["push", "poll"],
+                "description": "push (default; poll in apisix_mode): long-poll, or for etcd a watch over gRPC (its cluster HTTP/2), workers woken at once; poll: a request every interval_ms"},
+            "wait_ms": integer(source::MIN_WAIT_MS, source::MAX_WAIT_MS,
+                source::DEFAULT_WAIT_MS, "longest hold of a long-poll (mode push)"),
         }),
         &["cluster"],
     )

@@ -335,7 +335,6 @@ impl Logger for &Gateway {
 
 fn source(format: Format) -> SourceConfig {
     SourceConfig {
-        mode: Mode::Poll,
         format,
         cluster: "rules".into(),
         path: "/rules".into(),
@@ -345,6 +344,8 @@ fn source(format: Format) -> SourceConfig {
         timeout_ms: 300,
         jitter_percent: 10,
         max_backoff_ms: 8_000,
+        mode: Mode::Poll,
+        wait_ms: 30_000,
     }
 }
 

@@ -207,7 +207,6 @@ fn base() -> Base {
 
 fn etcd_config() -> SourceConfig {
     SourceConfig {
-        mode: settings::Mode::Poll,
         format: Format::Etcd {
             key: "/gl/rules".into(),
         },
@@ -219,6 +218,8 @@ fn etcd_config() -> SourceConfig {
         timeout_ms: 300,
         jitter_percent: 10,
         max_backoff_ms: 8_000,
+        mode: Mode::Poll,
+        wait_ms: 30_000,
     }
 }
 

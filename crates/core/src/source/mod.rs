@@ -23,7 +23,7 @@ use crate::config;
 use crate::rules::Rules;
 
 pub use fetcher::{FetchState, Fetcher, Installed};
-pub use settings::{configure, configure_node, Extensions, Format, Mode, SourceConfig};
+pub use settings::{configure, configure_node, Delivery, Extensions, Format, Mode, SourceConfig};
 
 /// Milliseconds since the Unix epoch (any monotonic-enough origin will do).
 pub trait Clock {

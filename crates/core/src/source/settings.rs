@@ -13,6 +13,12 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_JITTER_PERCENT: u32 = 10;
 pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
 pub const ETCD_RANGE_PATH: &str = "/v3/kv/range";
+/// How long a long-poll may be held by the control plane (push mode).
+pub const DEFAULT_WAIT_MS: u64 = 30_000;
+pub const MIN_WAIT_MS: u64 = 1_000;
+/// Consul caps its blocking queries at 10 minutes; 5 keeps a hung
+/// connection from going unnoticed for long.
+pub const MAX_WAIT_MS: u64 = 300_000;
 
 pub const MIN_INTERVAL_MS: u64 = 100;
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
@@ -37,19 +43,40 @@ pub enum Format {
     Nacos { service: RegistryService },
 }
 
-/// How the rules reach the gateway.
+/// `source.mode`: whether the control plane tells the gateway of a change,
+/// or the gateway asks every interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The source tells the gateway of a change (an etcd watch).
+    /// The default on Envoy: a held request (long-poll) or a watch, per
+    /// format ([`SourceConfig::delivery`]).
     Push,
-    /// The gateway asks every interval.
+    /// A request every `interval_ms`; the only mode in `apisix_mode`.
     Poll,
 }
 
+/// How a fetcher hears of a change: what [`Mode`] means for its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A request every `interval_ms`.
+    Poll,
+    /// A request the control plane holds until something changes or
+    /// `wait_ms` passes (Consul blocking queries; the graylane format with
+    /// `If-None-Match` and `Prefer: wait=N`), sent again as soon as it is
+    /// answered.
+    LongPoll,
+    /// An etcd watch over a gRPC stream.
+    Watch,
+}
+
+/// What push means for format `etcd`: the gRPC watch.
+pub const ETCD_PUSH_DELIVERY: Delivery = Delivery::Watch;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceConfig {
-    pub mode: Mode,
     pub format: Format,
+    pub mode: Mode,
+    /// Longest hold of a long-poll (push mode).
+    pub wait_ms: u64,
     /// Envoy cluster the callout goes through (on APISIX: `host:port`).
     pub cluster: String,
     pub path: String,
@@ -66,7 +93,17 @@ impl SourceConfig {
     /// Whether the source is read over gRPC (the etcd watch of push mode):
     /// its Envoy cluster must then speak HTTP/2.
     pub fn uses_grpc(&self) -> bool {
-        matches!(self.format, Format::Etcd { .. }) && self.mode == Mode::Push
+        self.delivery() == Delivery::Watch
+    }
+
+    pub fn delivery(&self) -> Delivery {
+        match (self.mode, &self.format) {
+            (Mode::Poll, _) => Delivery::Poll,
+            (Mode::Push, Format::Graylane | Format::Consul { .. }) => Delivery::LongPoll,
+            (Mode::Push, Format::Etcd { .. }) => ETCD_PUSH_DELIVERY,
+            // Nacos's instance list has no blocking query (README).
+            (Mode::Push, Format::Nacos { .. }) => Delivery::Poll,
+        }
     }
 }
 
@@ -120,7 +157,7 @@ fn read_extensions(document: &Node, errors: &mut ConfigErrors) -> Extensions {
         Some(node) if node.is_null() => {}
         Some(node) => {
             extensions.source =
-                read_source(node, &Path::of(&["source"]), extensions.apisix_mode, errors)
+                read_source(node, &Path::of(&["source"]), extensions.apisix_mode, errors);
         }
     }
     extensions
@@ -134,21 +171,6 @@ fn read_source(
 ) -> Option<SourceConfig> {
     let before = errors.0.len();
     let mut object = Object::new(node, path, errors)?;
-    let mode = match object.string("mode", errors) {
-        None if apisix_mode => Mode::Poll,
-        None => Mode::Push,
-        Some((name, _)) if name == "poll" => Mode::Poll,
-        Some((name, _)) if name == "push" && !apisix_mode => Mode::Push,
-        Some((name, mode_path)) => {
-            let reason = if name == "push" {
-                "must be \"poll\" in apisix_mode (APISIX's host has no gRPC streams)".to_string()
-            } else {
-                format!("must be \"push\" or \"poll\", got {name:?}")
-            };
-            refuse_at(errors, &object, "mode", &mode_path, &reason);
-            Mode::Poll
-        }
-    };
     let format_name = object
         .string("format", errors)
         .map_or_else(|| "graylane".to_string(), |(name, _)| name);
@@ -281,13 +303,21 @@ fn read_source(
         refuse_at(errors, &object, "max_backoff_ms", &field_path,
             &format!("must be at least interval_ms ({interval_ms}), got {max_backoff_ms}"));
     }
+    let mode = read_mode(&mut object, apisix_mode, errors);
+    let wait_ms = object.integer("wait_ms", (MIN_WAIT_MS, MAX_WAIT_MS), DEFAULT_WAIT_MS, errors);
+    if object.has("wait_ms") && mode == Mode::Poll {
+        let field_path = object.child("wait_ms");
+        refuse_at(errors, &object, "wait_ms", &field_path,
+            "is only for mode \"push\" (a poll is not held)");
+    }
     object.finish(&[], errors);
     if errors.0.len() > before {
         return None;
     }
     Some(SourceConfig {
-        mode,
         format: format?,
+        mode,
+        wait_ms,
         cluster: cluster?,
         path: path_setting?,
         authority: authority?,
@@ -297,6 +327,29 @@ fn read_source(
         jitter_percent: u32::try_from(jitter_percent).unwrap_or(DEFAULT_JITTER_PERCENT),
         max_backoff_ms,
     })
+}
+
+/// `mode`: push by default, except in `apisix_mode`, whose host can hold
+/// nothing open and share nothing between workers.
+fn read_mode(object: &mut Object<'_>, apisix_mode: bool, errors: &mut ConfigErrors) -> Mode {
+    let default = if apisix_mode { Mode::Poll } else { Mode::Push };
+    let Some((name, mode_path)) = object.string("mode", errors) else {
+        return default;
+    };
+    match name.as_str() {
+        "poll" => Mode::Poll,
+        "push" if apisix_mode => {
+            refuse_at(errors, object, "mode", &mode_path,
+                "\"push\" is not possible with apisix_mode: APISIX's wasm host has no ticks, shared data or shared queues (use \"poll\")");
+            default
+        }
+        "push" => Mode::Push,
+        other => {
+            refuse_at(errors, object, "mode", &mode_path,
+                &format!("must be \"push\" or \"poll\", got {other:?}"));
+            default
+        }
+    }
 }
 
 /// Refuses field `name` of `object`, pointing at its value.
@@ -335,7 +388,7 @@ fn read_headers(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Vec<(Stri
         }
         if matches!(
             lower.as_str(),
-            "host" | "content-length" | "if-none-match" | "transfer-encoding"
+            "host" | "content-length" | "if-none-match" | "prefer" | "transfer-encoding"
         ) {
             errors.0.push(ConfigError::new(header_path, "is set by graylane itself").at(member.key_offset));
             continue;
@@ -382,7 +435,48 @@ mod tests {
         assert_eq!(source.interval_ms, DEFAULT_INTERVAL_MS);
         assert_eq!(source.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(source.max_backoff_ms, DEFAULT_MAX_BACKOFF_MS);
+        assert_eq!((source.mode, source.wait_ms), (Mode::Push, DEFAULT_WAIT_MS));
+        assert_eq!(source.delivery(), ETCD_PUSH_DELIVERY);
         assert!(!extensions.apisix_mode);
+    }
+
+    #[test]
+    fn push_by_default_poll_in_apisix_mode() {
+        let source = |text: &str| read(text).unwrap().source.unwrap();
+        let plain = source(r#"{"source":{"cluster":"cp","path":"/r"}}"#);
+        assert_eq!((plain.mode, plain.delivery()), (Mode::Push, Delivery::LongPoll));
+        let consul = source(
+            r#"{"source":{"format":"consul","cluster":"c","path":"/v1/health/service/b","service":{"name":"b"},"wait_ms":5000}}"#,
+        );
+        assert_eq!((consul.delivery(), consul.wait_ms), (Delivery::LongPoll, 5_000));
+        let nacos = source(
+            r#"{"source":{"format":"nacos","cluster":"c","path":"/nacos/v1/ns/instance/list","service":{"name":"b"}}}"#,
+        );
+        assert_eq!((nacos.mode, nacos.delivery()), (Mode::Push, Delivery::Poll));
+        let polled = source(r#"{"source":{"cluster":"cp","path":"/r","mode":"poll"}}"#);
+        assert_eq!(polled.delivery(), Delivery::Poll);
+        let apisix = source(r#"{"apisix_mode":true,"source":{"cluster":"cp:80","path":"/r"}}"#);
+        assert_eq!(apisix.mode, Mode::Poll);
+    }
+
+    #[test]
+    fn mode_and_wait_refusals_name_the_field() {
+        let error = read(r#"{"apisix_mode":true,"source":{"cluster":"c","path":"/","mode":"push"}}"#)
+            .unwrap_err();
+        assert!(
+            error.starts_with("source.mode: \"push\" is not possible with apisix_mode"),
+            "{error}"
+        );
+        let error = read(r#"{"source":{"cluster":"c","path":"/","mode":"stream"}}"#).unwrap_err();
+        assert_eq!(error, "source.mode: must be \"push\" or \"poll\", got \"stream\"");
+        let error = read(r#"{"source":{"cluster":"c","path":"/","wait_ms":10}}"#).unwrap_err();
+        assert_eq!(error, "source.wait_ms: must be an integer from 1000 to 300000, got 10");
+        let error =
+            read(r#"{"source":{"cluster":"c","path":"/","mode":"poll","wait_ms":5000}}"#).unwrap_err();
+        assert!(error.starts_with("source.wait_ms: is only for mode \"push\""), "{error}");
+        let error = read(r#"{"source":{"cluster":"c","path":"/","headers":{"Prefer":"wait=1"}}}"#)
+            .unwrap_err();
+        assert!(error.starts_with("source.headers.Prefer: is set by graylane"), "{error}");
     }
 
     #[test]
@@ -407,27 +501,13 @@ mod tests {
     }
 
     #[test]
-    fn mode_is_push_unless_polling_is_asked_or_the_host_is_apisix() {
-        let mode = |text: &str| read(text).map(|extensions| extensions.source.unwrap().mode);
+    fn only_an_etcd_source_in_push_mode_is_read_over_grpc() {
+        let source = |text: &str| read(text).unwrap().source.unwrap();
         let etcd = r#""format":"etcd","cluster":"e","key":"/k""#;
-        assert_eq!(mode(&format!(r#"{{"source":{{{etcd}}}}}"#)), Ok(Mode::Push));
-        assert_eq!(mode(&format!(r#"{{"source":{{{etcd},"mode":"poll"}}}}"#)), Ok(Mode::Poll));
-        assert_eq!(
-            mode(&format!(r#"{{"apisix_mode":true,"source":{{{etcd}}}}}"#)),
-            Ok(Mode::Poll)
-        );
-        assert_eq!(
-            read(&format!(r#"{{"apisix_mode":true,"source":{{{etcd},"mode":"push"}}}}"#)).unwrap_err(),
-            "source.mode: must be \"poll\" in apisix_mode (APISIX's host has no gRPC streams)"
-        );
-        assert_eq!(
-            read(&format!(r#"{{"source":{{{etcd},"mode":"watch"}}}}"#)).unwrap_err(),
-            "source.mode: must be \"push\" or \"poll\", got \"watch\""
-        );
-        let source = read(&format!(r#"{{"source":{{{etcd}}}}}"#)).unwrap().source.unwrap();
-        assert!(source.uses_grpc());
-        let source = read(r#"{"source":{"cluster":"c","path":"/r"}}"#).unwrap().source.unwrap();
-        assert!(!source.uses_grpc(), "only etcd is watched over gRPC");
+        assert!(source(&format!(r#"{{"source":{{{etcd}}}}}"#)).uses_grpc());
+        assert!(!source(&format!(r#"{{"source":{{{etcd},"mode":"poll"}}}}"#)).uses_grpc());
+        assert!(!source(&format!(r#"{{"apisix_mode":true,"source":{{{etcd}}}}}"#)).uses_grpc());
+        assert!(!source(r#"{"source":{"cluster":"c","path":"/r"}}"#).uses_grpc());
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod records;
 mod watch;
 pub mod wake;
 
-use super::settings::{Format, SourceConfig};
+use super::settings::{Delivery, Format, SourceConfig};
 use super::{compile_fetched, Base, CalloutResponse, Host, StoreError};
 use crate::metrics;
 use crate::rules::Rules;
@@ -52,6 +52,8 @@ use wake::Wake;
 /// Added to the callout timeout before a worker gives up on an answer the
 /// host never delivered, and before another worker may take the lease over.
 const GRACE_MS: u64 = 500;
+/// The tick in push mode (see [`Fetcher::tick_period_ms`]).
+pub const PUSH_TICK_MS: u64 = 1_000;
 /// Longest `health` text kept (and logged) for one failure.
 const MAX_REASON: usize = 300;
 
@@ -148,15 +150,16 @@ impl Fetcher {
         &self.config
     }
 
-    /// How often the plugin should tick: often enough that a document one
-    /// worker fetched reaches the others well within an interval.
+    /// How often the plugin should tick. Polling: often enough that the
+    /// gateway's next fetch starts close to its due time (any worker may
+    /// hold the lease). Push: a held request is sent again from its answer
+    /// and woken workers adopt at once, so the tick only flushes metrics,
+    /// retries after a failure and takes over from a holder that went away.
     pub fn tick_period_ms(&self) -> u64 {
-        if self.watch.is_some() {
-            // The watch's heartbeat and lease want no more; documents reach
-            // the other workers without waiting for a tick.
-            return HEARTBEAT_MS;
+        match self.config.delivery() {
+            Delivery::Poll => (self.config.interval_ms / 5).clamp(50, 1_000),
+            Delivery::LongPoll | Delivery::Watch => PUSH_TICK_MS,
         }
-        (self.config.interval_ms / 5).clamp(50, 1_000)
     }
 
     /// The whole tick: give up on a lost callout, adopt a document another
