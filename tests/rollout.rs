@@ -76,7 +76,9 @@ impl Rig {
     /// rollout's state and lock).
     fn start_on(label: &str, http: bool) -> Rig {
         let etcd = Etcd::start(&format!("rollout-{label}"));
-        let timing = json!({"interval_ms": 200, "timeout_ms": 150, "max_backoff_ms": 1000});
+        // Polled: these tests are about the rollout, not about push.
+        let timing = json!({"mode": "poll", "interval_ms": 200, "timeout_ms": 150,
+            "max_backoff_ms": 1000});
         let (mut source, control, store, revision) = if http {
             let mut document = rules();
             document["version"] = json!(1);
