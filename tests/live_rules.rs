@@ -476,7 +476,7 @@ fn plain_endpoint_faults_never_change_routing_nor_fail_requests() {
         etag: "\"g1\"".into(),
     });
     let interval = 300;
-    let source = json!({"cluster": "control", "path": "/rules", "interval_ms": interval,
+    let source = json!({"cluster": "control", "path": "/rules", "mode": "poll", "interval_ms": interval,
                         "timeout_ms": 200, "max_backoff_ms": 900,
                         "headers": {"authorization": "Bearer test"}});
     // The inline rules confine every document to the two colours.
@@ -700,7 +700,7 @@ fn apisix_mode_routes_inline_without_ticks_and_refreshes_from_requests() {
 #[test]
 fn an_unknown_source_cluster_is_logged_and_the_inline_rules_serve() {
     let mut document = bluegreen("blue", "green", 0.0);
-    document["source"] = json!({"cluster": "no-such-cluster", "path": "/rules",
+    document["source"] = json!({"cluster": "no-such-cluster", "path": "/rules", "mode": "poll",
                                 "interval_ms": 200, "max_backoff_ms": 400});
     let gateway = Gateway::start("unknown-cluster", &document);
     hold(
@@ -749,7 +749,7 @@ fn consul_service_meta_drives_a_blue_green_switch() {
         etag: "\"1\"".into(),
     });
     let source = json!({"format": "consul", "cluster": "control",
-        "path": "/v1/health/service/b?passing=true", "interval_ms": 300, "timeout_ms": 250,
+        "path": "/v1/health/service/b?passing=true", "mode": "poll", "interval_ms": 300, "timeout_ms": 250,
         "service": {"name": "b", "hosts": [HOST], "cluster_template": "b-{subset}"}});
     let mut document = bluegreen("green", "blue", 0.0);
     document["source"] = source;
@@ -836,7 +836,7 @@ fn soak_under_rule_changes_and_faults() {
         document: bluegreen("blue", "green", 0.0).to_string(),
         etag: "\"w0\"".into(),
     });
-    let source = json!({"cluster": "control", "path": "/rules", "interval_ms": 500,
+    let source = json!({"cluster": "control", "path": "/rules", "mode": "poll", "interval_ms": 500,
                         "timeout_ms": 300, "max_backoff_ms": 2000});
     let gateway = live_gateway("soak", source, server.addr);
     wait_for_version(&gateway, 1, "b-blue");
@@ -893,4 +893,160 @@ fn soak_under_rule_changes_and_faults() {
             "RSS grew from {warm} KiB to {last} KiB"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Push: long-polls, every worker woken
+// ---------------------------------------------------------------------------
+
+use support::long_poll::{Behaviour, Flavour, LongPoll};
+
+/// Flips per source in the flip tests (bench/flip_time.sh sets more).
+fn flips() -> usize {
+    std::env::var("GRAYLANE_FLIPS")
+        .ok()
+        .and_then(|flips| flips.parse().ok())
+        .unwrap_or(20)
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    let at = (sorted.len() * percent).div_ceil(100).saturating_sub(1);
+    sorted[at.min(sorted.len() - 1)]
+}
+
+/// Flips the blue-green default through a long-polled control plane with
+/// default settings, traffic on both workers all along. A flip counts when
+/// every worker answers with the new colour; none may fail a request.
+/// Prints the switch times (change → every worker switched).
+fn flip_through_long_poll(label: &str, flavour: Flavour, source: Value, answer: fn(&str) -> String) {
+    let server = LongPoll::start(flavour, &answer("green"));
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = source;
+    let gateway = Gateway::start_with(label, &document, |config| {
+        config.cluster("control", server.addr)
+    });
+    wait_every_worker(&gateway, "the first answer", &request_b(), "b-green");
+    let before = server.requests();
+    let mut times = Vec::new();
+    let mut live = "green";
+    for flip in 0..flips() {
+        let next = if live == "green" { "blue" } else { "green" };
+        let mut workers = gateway.envoy.worker_clients(&probe());
+        // Traffic on both workers before the change, 300-500 ms, so that
+        // changes come at every phase of the plugin's 1 s tick.
+        let settle = Duration::from_millis(300 + (flip as u64 * 53) % 200);
+        let started = Instant::now();
+        while started.elapsed() < settle {
+            for result in workers.send_to_all(&request_b()) {
+                let response = result.expect("a response");
+                assert_eq!(backend_of(&response), format!("b-{live}"), "flip {flip}: early");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let changed = server.set(&answer(next));
+        let mut failed = 0;
+        workers.wait_every_worker(
+            &format!("{label} flip {flip} to {next}"),
+            &request_b(),
+            Duration::from_secs(20),
+            |response| {
+                failed += usize::from(response.status != 200);
+                response.status == 200 && backend_of(response) == format!("b-{next}")
+            },
+        );
+        times.push(changed.elapsed());
+        assert_eq!((failed, workers.transport_errors), (0, 0), "flip {flip}: requests failed");
+        live = next;
+    }
+    // Every flip came on a held request, and nothing polled in between:
+    // about one long-poll per flip (plus the one held at the end).
+    let requests = server.requests() - before;
+    assert!(
+        requests <= 2 * flips() + 2,
+        "{requests} requests for {} flips",
+        flips()
+    );
+    assert!(server.waiting_requests() >= flips(), "the requests carried a wait");
+    times.sort();
+    eprintln!(
+        "{label}: {} flips, change → every worker switched: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {requests} requests to the control plane",
+        times.len(),
+        percentile(&times, 50).as_secs_f64() * 1e3,
+        percentile(&times, 99).as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3,
+    );
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+fn graylane_answer(live: &str) -> String {
+    let other = if live == "blue" { "green" } else { "blue" };
+    bluegreen(live, other, 0.0).to_string()
+}
+
+#[test]
+fn graylane_long_poll_flips_reach_every_worker() {
+    flip_through_long_poll(
+        "push-graylane",
+        Flavour::Graylane,
+        json!({"cluster": "control", "path": "/rules"}),
+        graylane_answer,
+    );
+}
+
+#[test]
+fn consul_blocking_query_flips_reach_every_worker() {
+    flip_through_long_poll(
+        "push-consul",
+        Flavour::Consul,
+        json!({"format": "consul", "cluster": "control", "path": "/v1/health/service/b?passing=true",
+               "service": {"name": "b", "hosts": [HOST], "cluster_template": "b-{subset}"}}),
+        consul_answer,
+    );
+}
+
+/// A long-poll that is never answered, garbage, and a server that ignores
+/// the wait: the rules in force stay, no request fails, each failure is
+/// logged once, and an immediate answer does not become a loop.
+#[test]
+fn long_poll_faults_keep_the_rules() {
+    let server = LongPoll::start(Flavour::Graylane, &graylane_answer("green"));
+    let mut document = bluegreen("blue", "green", 0.0);
+    document["source"] = json!({"cluster": "control", "path": "/rules", "wait_ms": 1000,
+        "timeout_ms": 250, "interval_ms": 300, "max_backoff_ms": 1000});
+    let gateway = Gateway::start_with("push-faults", &document, |config| {
+        config.cluster("control", server.addr)
+    });
+    wait_every_worker(&gateway, "the first answer", &request_b(), "b-green");
+
+    // Hung: Envoy's timeout (wait + wait/16 + timeout_ms) ends each try
+    // with a 504 of its own.
+    server.behave(Behaviour::Hang);
+    hold(&gateway, Duration::from_secs(4), "b-green", "a hung long-poll");
+    assert_eq!(
+        log_count(&gateway, "rules source failing: HTTP status 504"),
+        1,
+        "{}",
+        gateway.envoy.log()
+    );
+    server.behave(Behaviour::Garbage);
+    hold(&gateway, Duration::from_secs(2), "b-green", "garbage answers");
+    assert_eq!(
+        log_count(&gateway, "rules source failing: document refused"),
+        1,
+        "{}",
+        gateway.envoy.log()
+    );
+
+    // Answers at once, never waiting: adopted, then about one a second.
+    server.behave(Behaviour::Immediate);
+    server.set(&graylane_answer("blue"));
+    wait_every_worker(&gateway, "recovery", &request_b(), "b-blue");
+    let before = server.requests();
+    hold(&gateway, Duration::from_secs(3), "b-blue", "an immediate 304");
+    let requests = server.requests() - before;
+    assert!(
+        (1..=8).contains(&requests),
+        "{requests} requests in 3 s from a server that ignores the wait"
+    );
+    gateway.envoy.assert_no_wasm_errors();
 }

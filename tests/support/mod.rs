@@ -53,6 +53,7 @@
 pub mod apisix;
 pub mod controlled;
 pub mod etcd;
+pub mod long_poll;
 pub mod rules_store;
 
 use std::collections::BTreeMap;

@@ -977,3 +977,173 @@ fn without_queues_workers_adopt_on_their_tick() {
         .or_else(|| second.on_tick(&mut world.host()));
     assert_eq!(adopted.map(|installed| installed.generation), Some(1));
 }
+
+fn header<'r>(request: &'r CalloutRequest, name: &str) -> Option<&'r str> {
+    request
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+fn plain_reply(status: u16, etag: &str, body: &str) -> CalloutResponse {
+    CalloutResponse {
+        status: Some(status),
+        headers: vec![("etag".into(), etag.as_bytes().to_vec())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn long_poll_config() -> SourceConfig {
+    SourceConfig {
+        mode: Mode::Push,
+        ..plain_config()
+    }
+}
+
+/// The graylane format in push mode: the version it has and `Prefer:
+/// wait`, a host timeout covering the wait, and the next long-poll sent
+/// from the answer itself, changed or not.
+#[test]
+fn graylane_long_poll_is_sent_again_from_its_answer() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut worker = Fetcher::new(long_poll_config(), base(), 1);
+    assert_eq!(worker.tick_period_ms(), 1_000);
+    worker.on_tick(&mut world.host());
+    let (token, first) = world.last_call();
+    assert_eq!(first.timeout_ms, 30_000 + 30_000 / 16 + 300);
+    assert_eq!(header(&first, "prefer"), None, "nothing to wait on yet");
+    world.advance(5);
+    assert!(worker
+        .on_response(&mut world.host(), token, &plain_reply(200, "\"1\"", &doc(10)))
+        .is_some());
+    // A change: the next long-poll is sent at once, to be held.
+    assert_eq!(world.calls.borrow().len(), 2);
+    let (token, held) = world.last_call();
+    assert_eq!(header(&held, "if-none-match"), Some("\"1\""));
+    assert_eq!(header(&held, "prefer"), Some("wait=30"));
+    // The control plane holds it 30 s and answers 304: at once again.
+    world.advance(30_000);
+    assert!(worker
+        .on_response(&mut world.host(), token, &plain_reply(304, "\"1\"", ""))
+        .is_none());
+    assert_eq!(world.calls.borrow().len(), 3);
+    // A change 2 s into the hold: installed, and the next is sent at once.
+    let (token, _) = world.last_call();
+    world.advance(2_000);
+    let installed = worker
+        .on_response(&mut world.host(), token, &plain_reply(200, "\"2\"", &doc(40)))
+        .expect("the change");
+    assert_eq!(canary_weight(&installed), 4000);
+    assert_eq!(world.calls.borrow().len(), 4);
+    assert_eq!(header(&world.last_call().1, "if-none-match"), Some("\"2\""));
+    assert_eq!(world.counter("graylane_source_failures_total"), 0);
+}
+
+/// A server that ignores `Prefer` and answers 304 at once is asked about
+/// once a second, not in a loop; so is one whose every answer is new.
+#[test]
+fn an_immediate_unchanged_answer_is_not_a_hot_loop() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut worker = Fetcher::new(long_poll_config(), base(), 1);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    worker.on_response(&mut world.host(), token, &plain_reply(200, "\"1\"", &doc(10)));
+    // 60 s of ticks every second, every answer an immediate 304.
+    for step in 1..=600 {
+        world.advance(100);
+        if step % 10 == 0 {
+            worker.on_tick(&mut world.host());
+        }
+        if let FetchState::InFlight { token, .. } = worker.state().clone() {
+            world.advance(2);
+            worker.on_response(&mut world.host(), token, &plain_reply(304, "\"1\"", ""));
+        }
+    }
+    let calls = world.calls.borrow().len();
+    assert!((25..=62).contains(&calls), "{calls} long-polls in 60 s");
+    // Every answer a new document, at once: two in a row, then a floor.
+    world.calls.borrow_mut().clear();
+    let mut etag = 10;
+    for step in 1..=600 {
+        world.advance(100);
+        if step % 10 == 0 {
+            worker.on_tick(&mut world.host());
+        }
+        while let FetchState::InFlight { token, .. } = worker.state().clone() {
+            world.advance(2);
+            etag += 1;
+            let reply = plain_reply(200, &format!("\"{etag}\""), &doc(etag as u32 % 100));
+            worker.on_response(&mut world.host(), token, &reply);
+        }
+    }
+    let calls = world.calls.borrow().len();
+    assert!((50..=130).contains(&calls), "{calls} long-polls in 60 s");
+}
+
+/// A long-poll nobody answers: the host's timeout (wait + timeout) ends
+/// it; the rules stay, the failure is logged once, and it backs off.
+#[test]
+fn a_hung_long_poll_keeps_the_rules_and_is_logged_once() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let mut worker = Fetcher::new(long_poll_config(), base(), 1);
+    worker.on_tick(&mut world.host());
+    let (token, _) = world.last_call();
+    worker.on_response(&mut world.host(), token, &plain_reply(200, "\"1\"", &doc(10)));
+    world.advance(1_000);
+    for _ in 0..3 {
+        worker.on_tick(&mut world.host());
+        let (token, request) = world.last_call();
+        world.advance(request.timeout_ms);
+        // What Envoy delivers when its timeout strikes: no status.
+        assert!(worker
+            .on_response(&mut world.host(), token, &CalloutResponse::default())
+            .is_none());
+        assert!(matches!(worker.state(), FetchState::Backoff { .. }));
+        world.advance(20_000);
+    }
+    assert_eq!(worker.generation(), 1);
+    assert_eq!(world.warnings().len(), 1, "{:?}", world.warnings());
+    assert_eq!(world.counter("graylane_source_failures_total"), 3);
+}
+
+/// Consul in push mode: a blocking query on the index of the last answer;
+/// an index that goes backwards starts over without one.
+#[test]
+fn consul_blocking_queries_follow_the_index() {
+    let world = World::default();
+    world.now.set(1_000_000);
+    let config = SourceConfig {
+        format: Format::Consul {
+            service: crate::registry::RegistryService::named("b"),
+        },
+        path: "/v1/health/service/b?passing=true".into(),
+        mode: Mode::Push,
+        wait_ms: 10_000,
+        ..etcd_config()
+    };
+    let mut worker = Fetcher::new(config, base(), 5);
+    worker.on_tick(&mut world.host());
+    let path = |world: &World| header(&world.last_call().1, ":path").unwrap().to_string();
+    assert_eq!(path(&world), "/v1/health/service/b?passing=true");
+    let (token, _) = world.last_call();
+    world.advance(3_000);
+    assert!(worker
+        .on_response(&mut world.host(), token, &consul_reply(17, "5"))
+        .is_some());
+    assert_eq!(path(&world), "/v1/health/service/b?passing=true&index=17&wait=10s");
+    assert_eq!(world.last_call().1.timeout_ms, 10_000 + 625 + 300);
+    let (token, _) = world.last_call();
+    world.advance(10_000);
+    assert!(worker
+        .on_response(&mut world.host(), token, &consul_reply(18, "5"))
+        .is_none(), "the same rules: not recompiled");
+    assert_eq!(path(&world), "/v1/health/service/b?passing=true&index=18&wait=10s");
+    let (token, _) = world.last_call();
+    world.advance(4_000);
+    worker.on_response(&mut world.host(), token, &consul_reply(3, "5"));
+    assert_eq!(path(&world), "/v1/health/service/b?passing=true");
+}

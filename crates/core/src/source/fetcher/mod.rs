@@ -54,6 +54,15 @@ use wake::Wake;
 const GRACE_MS: u64 = 500;
 /// The tick in push mode (see [`Fetcher::tick_period_ms`]).
 pub const PUSH_TICK_MS: u64 = 1_000;
+/// A long-poll starts no sooner than this after the previous one started
+/// when that one came back unchanged: a server that ignores the wait and
+/// answers at once is asked about once a second, not in a hot loop.
+pub const UNCHANGED_REPOLL_FLOOR_MS: u64 = 1_000;
+/// A change answered sooner than this after its request was sent is a
+/// quick change. After a change the next long-poll goes at once, so that
+/// the following change is held for; after a second quick change in a row
+/// (a server whose every answer differs) the unchanged floor applies.
+pub const QUICK_CHANGE_MS: u64 = 100;
 /// Longest `health` text kept (and logged) for one failure.
 const MAX_REASON: usize = 300;
 
@@ -98,6 +107,12 @@ pub struct Fetcher {
     /// Push mode (etcd): the watch instead of the polling fetch.
     watch: Option<Watch>,
     wake: Wake,
+    /// Consul's `X-Consul-Index` of the last answer: the next blocking
+    /// query waits for a change past it.
+    consul_index: Option<u64>,
+    /// The last long-poll brought a change and was answered within
+    /// [`QUICK_CHANGE_MS`].
+    quick_change: bool,
 }
 
 struct Keys {
@@ -135,6 +150,8 @@ impl Fetcher {
             unusable_generation: 0,
             watch,
             wake,
+            consul_index: None,
+            quick_change: false,
         }
     }
 
@@ -205,7 +222,7 @@ impl Fetcher {
     fn watchdog(&mut self, host: &mut impl Host) -> Option<Installed> {
         if let FetchState::InFlight { started_ms, .. } = self.state {
             let now = host.now_ms();
-            if now >= started_ms + self.config.timeout_ms + GRACE_MS {
+            if now >= started_ms + self.callout_timeout_ms() + GRACE_MS {
                 return self.finish(host, Outcome::Failed(Failure::Lost));
             }
         }
@@ -267,7 +284,7 @@ impl Fetcher {
         if now < self.not_before {
             return false;
         }
-        let reservation = now + self.config.timeout_ms + GRACE_MS;
+        let reservation = now + self.callout_timeout_ms() + GRACE_MS;
         if self
             .take_lease(host, reservation, |lease| now >= lease.next_at)
             .is_none()
@@ -370,11 +387,24 @@ impl Fetcher {
             FetchState::InFlight { token: waiting, .. } if waiting == token => {}
             _ => return None,
         }
+        if self.config.delivery() == Delivery::LongPoll {
+            self.note_consul_index(response);
+        }
         let outcome = self.read_answer(response);
-        self.finish(host, outcome)
+        let installed = self.finish(host, outcome);
+        // A long-poll is sent again as soon as it is answered (or once its
+        // floor has passed: then on a tick).
+        if self.config.delivery() == Delivery::LongPoll && self.state == FetchState::Idle {
+            self.maybe_start(host);
+        }
+        installed
     }
 
     fn finish(&mut self, host: &mut impl Host, outcome: Outcome) -> Option<Installed> {
+        let started_ms = match self.state {
+            FetchState::InFlight { started_ms, .. } => Some(started_ms),
+            _ => None,
+        };
         let mut installed = None;
         let result = match outcome {
             Outcome::NotModified => {
@@ -396,7 +426,17 @@ impl Fetcher {
                 host.add(metrics::SOURCE_REJECTED, 1);
             }
         }
-        self.release(host, result);
+        let repoll_at = started_ms.map_or(0, |started| {
+            let quick = host.now_ms() < started + QUICK_CHANGE_MS;
+            let again_at_once = installed.is_some() && !(quick && self.quick_change);
+            self.quick_change = installed.is_some() && quick;
+            if again_at_once {
+                0
+            } else {
+                started + UNCHANGED_REPOLL_FLOOR_MS
+            }
+        });
+        self.release(host, result, repoll_at);
         installed
     }
 
@@ -465,13 +505,19 @@ impl Fetcher {
     }
 
     /// Hands the lease back with the next due time, and logs the outcome
-    /// when it differs from the last one the gateway logged.
-    fn release(&mut self, host: &mut impl Host, result: Result<(), Failure>) {
+    /// when it differs from the last one the gateway logged. After a
+    /// successful long-poll the next is due at `repoll_at` (or now).
+    fn release(&mut self, host: &mut impl Host, result: Result<(), Failure>, repoll_at: u64) {
+        let long_poll = self.config.delivery() == Delivery::LongPoll;
         let now = host.now_ms();
         let next = self.update_lease(host, &result, |fetcher, lease| match &result {
             Ok(()) => Lease {
                 holder: 0,
-                next_at: now + fetcher.jittered(fetcher.config.interval_ms),
+                next_at: if long_poll {
+                    repoll_at.max(now)
+                } else {
+                    now + fetcher.jittered(fetcher.config.interval_ms)
+                },
                 failures: 0,
                 health: "ok".into(),
             },

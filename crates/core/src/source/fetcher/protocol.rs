@@ -8,7 +8,7 @@ use super::Fetcher;
 use crate::json::{self, Node};
 use crate::registry;
 use crate::source::codec::{base64_decode, base64_encode};
-use crate::source::settings::Format;
+use crate::source::settings::{Delivery, Format};
 use crate::source::{CalloutRequest, CalloutResponse};
 use crate::split::fnv1a64;
 
@@ -106,8 +106,22 @@ impl Fetcher {
                 ("POST", Some(body.into_bytes()))
             }
         };
+        let long_poll = self.config.delivery() == Delivery::LongPoll;
+        let path = match (&self.config.format, self.consul_index) {
+            // A blocking query: Consul answers when the index moves past
+            // ours, or when the wait ends (plus up to wait/16 of its jitter).
+            (Format::Consul { .. }, Some(index)) if long_poll => {
+                let separator = if self.config.path.contains('?') { '&' } else { '?' };
+                format!(
+                    "{}{separator}index={index}&wait={}",
+                    self.config.path,
+                    consul_duration(self.config.wait_ms)
+                )
+            }
+            _ => self.config.path.clone(),
+        };
         headers.push((":method".to_string(), method.to_string()));
-        headers.push((":path".to_string(), self.config.path.clone()));
+        headers.push((":path".to_string(), path));
         headers.push((":authority".to_string(), self.config.authority.clone()));
         match &self.config.format {
             Format::Graylane => {
@@ -118,6 +132,11 @@ impl Fetcher {
                     .and_then(|v| v.strip_prefix("etag:"))
                 {
                     headers.push(("if-none-match".into(), etag.to_string()));
+                    if long_poll {
+                        // RFC 7240: hold the answer up to this many seconds.
+                        let seconds = self.config.wait_ms.div_ceil(1_000);
+                        headers.push(("prefer".into(), format!("wait={seconds}")));
+                    }
                 }
             }
             Format::Etcd { .. } => {
@@ -134,8 +153,41 @@ impl Fetcher {
             upstream: self.config.cluster.clone(),
             headers,
             body,
-            timeout_ms: self.config.timeout_ms,
+            timeout_ms: self.callout_timeout_ms(),
         }
+    }
+
+    /// The host's timeout for one callout: a long-poll's may be held for
+    /// the wait, and Consul adds up to a sixteenth of it as jitter.
+    pub(super) fn callout_timeout_ms(&self) -> u64 {
+        match self.config.delivery() {
+            Delivery::LongPoll => {
+                self.config.wait_ms + self.config.wait_ms / 16 + self.config.timeout_ms
+            }
+            Delivery::Poll | Delivery::Watch => self.config.timeout_ms,
+        }
+    }
+
+    /// Keeps Consul's index for the next blocking query. An index that goes
+    /// backwards (a Consul restored from a snapshot, another server) starts
+    /// over with a query that answers at once, as Consul's documentation
+    /// asks; an index of 0 is never sent.
+    pub(super) fn note_consul_index(&mut self, response: &CalloutResponse) {
+        if !matches!(self.config.format, Format::Consul { .. }) {
+            return;
+        }
+        if !response.status.is_some_and(|status| (200..300).contains(&status)) {
+            return;
+        }
+        let index = response
+            .header("x-consul-index")
+            .and_then(|index| std::str::from_utf8(index).ok())
+            .and_then(|index| index.trim().parse::<u64>().ok());
+        self.consul_index = match (index, self.consul_index) {
+            (None, _) => None,
+            (Some(index), Some(previous)) if index < previous => None,
+            (Some(index), _) => Some(index.max(1)),
+        };
     }
 
     pub(super) fn known_revision(&self) -> Option<u64> {
@@ -260,6 +312,15 @@ impl Fetcher {
             version,
             gauge: Some(revision),
         }
+    }
+}
+
+/// A Consul duration: whole seconds when it is, else milliseconds.
+fn consul_duration(ms: u64) -> String {
+    if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
