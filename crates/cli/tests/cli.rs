@@ -183,6 +183,24 @@ fn check_refuses_what_the_plugin_refuses_beside_the_rules() {
     );
 }
 
+/// Push needs what APISIX's host lacks: `check` says so where it is written.
+#[test]
+fn check_refuses_push_in_apisix_mode() {
+    let text = "{\n  \"apisix_mode\": true,\n  \"source\": {\"cluster\": \"cp:80\", \"path\": \"/r\",\n             \"mode\": \"push\"},\n  \"services\": []\n}\n";
+    let file = scratch("apisix-push.json", text);
+    let run = graylane(&["check", file.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "apisix-push.json:4:14: source.mode: \"push\" is not possible with apisix_mode"
+        ),
+        "{}",
+        run.stderr
+    );
+    let polled = scratch("apisix-poll.json", &text.replace("push", "poll"));
+    assert_eq!(graylane(&["check", polled.to_str().unwrap()]).code, 0);
+}
+
 #[test]
 fn check_reports_syntax_errors_where_they_are() {
     let json = scratch(

@@ -177,6 +177,8 @@ fn wrong_documents_are_refused_by_the_schema_and_by_check() {
         ("limit over its ceiling", json!({"limits": {"services": 100_000_000}, "services": []})),
         ("source interval too short", json!({"source": {"cluster": "c", "path": "/r", "interval_ms": 50}})),
         ("unknown source format", json!({"source": {"format": "zookeeper", "cluster": "c", "path": "/r"}})),
+        ("unknown source mode", json!({"source": {"cluster": "c", "path": "/r", "mode": "stream"}})),
+        ("long-poll wait too short", json!({"source": {"cluster": "c", "path": "/r", "wait_ms": 10}})),
         ("path prefix without slash", json!({"services": [{"name": "b", "path_prefix": "api",
             "default": "a", "subsets": [{"name": "a", "cluster": "a"}]}]})),
         ("sticky with two keys", json!({"services": [{"name": "b", "sticky": {"header": "u", "cookie": "u"},
