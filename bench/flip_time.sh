@@ -27,7 +27,7 @@ echo "== flips ($FLIPS per source)" >&2
 GRAYLANE_FLIPS="$FLIPS" cargo test -q -p graylane-e2e --test live_rules -- --nocapture --test-threads 1 \
     graylane_long_poll_flips_reach_every_worker consul_blocking_query_flips_reach_every_worker >"$out" 2>&1 \
     || { cat "$out"; exit 1; }
-grep -E '^push-(graylane|consul): ' "$out"
+grep -oE 'push-(graylane|consul): .*' "$out"
 
 [[ "${NO_IDLE:-}" == 1 ]] && exit 0
 echo "== idle cost" >&2
