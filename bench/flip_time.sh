@@ -30,7 +30,7 @@ echo "== flips ($FLIPS per source)" >&2
 GRAYLANE_FLIPS="$FLIPS" cargo test -q -p graylane-e2e --test live_rules -- --nocapture --test-threads 1 \
     graylane_long_poll_flips_reach_every_worker consul_blocking_query_flips_reach_every_worker >"$out" 2>&1 \
     || { cat "$out"; exit 1; }
-grep -E '^push-(graylane|consul): ' "$out"
+grep -oE 'push-(graylane|consul): .*' "$out"
 
 echo "== etcd watch (20 flips, then a quiet minute)" >&2
 cargo test -q -p graylane-e2e --test etcd_watch watch_flip_benchmark -- --ignored --nocapture >"$out" 2>&1 \

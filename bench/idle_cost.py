@@ -41,6 +41,9 @@ class ControlPlane(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     requests = 0
 
+    def handle_error(self, request, client_address):
+        pass  # Envoy going away between arms resets its connections
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
