@@ -29,7 +29,8 @@ pub const HOST_HEADER_CAP: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Continue,
-    /// Answered locally (503).
+    /// Answered locally: a 503 refusal, or the reply to an unclaimed
+    /// request of a service without a default.
     Refused,
     /// Routed; held until the refresh it started is answered (APISIX mode).
     WaitForRefresh,
@@ -87,6 +88,8 @@ pub fn on_request_headers(root: &Root) -> Outcome {
     }
     if let (Some(service), Some(subset)) = (decision.service, decision.subset) {
         compiled.counts.record(service, subset);
+    } else if let Some(status) = decision.local_reply() {
+        return reply_unclaimed(status);
     }
     drop(compiled);
     // No ticks: the request that finds the rules due for a refresh fetches
@@ -160,6 +163,16 @@ pub fn needed<'e, 'r>(edits: &'e [HeaderEdit<'r>]) -> impl Iterator<Item = &'e H
             .any(|other| other.value().is_some() && other.name() == *name),
         HeaderEdit::Set(..) | HeaderEdit::SetOwned(..) => true,
     })
+}
+
+/// The reply to a request its service has no subset for (a service without
+/// a default).
+fn reply_unclaimed(status: u16) -> Outcome {
+    let no_headers = graylane_core::request::serialise_header_map(&[]).unwrap_or_default();
+    if let Err(host) = abi::send_local_response(u32::from(status), b"", &no_headers) {
+        return refuse_status(&format!("cannot answer {status} to an unclaimed request"), host);
+    }
+    Outcome::Refused
 }
 
 fn refuse_status(what: &str, status: Status) -> Outcome {

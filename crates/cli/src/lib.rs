@@ -484,6 +484,15 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
                 text
             })
             .collect();
+        let mut subsets = subsets;
+        if let Some(status) = service.unclaimed_status {
+            let rest = graylane_core::split::BUCKETS - shares.iter().sum::<u32>();
+            let mut text = format!("no default: unclaimed -> {status}");
+            if !service.weight_table().is_empty() {
+                text.push_str(&format!(" {}", explain::percent(rest)));
+            }
+            subsets.push(text);
+        }
         out.push_str(&format!("  {}: {}\n", service.name, subsets.join("; ")));
         out.push_str(&explain::describe_rules(service));
     }

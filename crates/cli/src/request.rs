@@ -182,8 +182,15 @@ fn split_named<'t>(
 /// weighted split without a sticky key): then the same request may get
 /// another subset next time.
 pub fn drawn_from_sequence(decision: &Decision<'_>) -> bool {
+    reason_drawn_from_sequence(&decision.reason)
+}
+
+fn reason_drawn_from_sequence(reason: &Reason) -> bool {
+    if let Reason::Unclaimed { after, .. } = reason {
+        return reason_drawn_from_sequence(after);
+    }
     matches!(
-        decision.reason,
+        reason,
         Reason::Weight { sticky: false, .. }
             | Reason::Default {
                 bucket: Some(_),
@@ -213,7 +220,12 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
     outcome.insert("service".into(), json!(service.map(|s| s.name.as_str())));
     outcome.insert("subset".into(), json!(subset.map(|s| s.name.as_str())));
     outcome.insert("cluster".into(), json!(decision.cluster));
-    let reason = match &decision.reason {
+    let mut reason = &decision.reason;
+    if let Reason::Unclaimed { status, after } = reason {
+        outcome.insert("reply".into(), json!(status));
+        reason = after;
+    }
+    let reason = match reason {
         Reason::NoService => "none",
         Reason::Tag => "tag",
         Reason::Match { entry } => {
@@ -227,7 +239,7 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
         } => {
             outcome.insert("bucket".into(), json!(bucket));
             outcome.insert("sticky".into(), json!(sticky));
-            if matches!(decision.reason, Reason::Weight { .. }) {
+            if matches!(reason, Reason::Weight { .. }) {
                 "weight"
             } else {
                 "default"
@@ -248,6 +260,7 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
             }
             "rule"
         }
+        Reason::Unclaimed { .. } => "unclaimed",
     };
     outcome.insert("reason".into(), json!(reason));
     let edits: Vec<Value> = decision

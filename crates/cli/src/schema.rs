@@ -210,7 +210,9 @@ fn service() -> Value {
                 "description": "exact hosts or *.suffix; absent: any host"},
             "path_prefix": {"type": "string", "pattern": "^/", "default": "/",
                 "description": "plain prefix of the path"},
-            "default": non_empty_string("the subset taking what nothing else claimed"),
+            "default": non_empty_string("the subset taking what nothing else claimed; absent: unclaimed requests get unclaimed_status"),
+            "unclaimed_status": {"type": "integer", "minimum": 200, "maximum": 599, "default": 404,
+                "description": "for a service without a default: the status the gateway answers unclaimed requests with"},
             "sticky": sticky(),
             "headers": named_matches("request headers that must all hold for the service to claim a request"),
             "rules": {"type": "array", "minItems": 1,
@@ -245,7 +247,7 @@ fn service() -> Value {
             ),
             "subsets": {"type": "array", "minItems": 1, "items": subset()},
         }),
-        &["name", "default", "subsets"],
+        &["name", "subsets"],
     )
 }
 

@@ -76,11 +76,25 @@ pub enum Reason {
         bucket: Option<u32>,
         sticky: bool,
     },
+    /// The service has no default and nothing claimed the request (`after`
+    /// says how it got there: `Default`, or a `Rule` whose split left it to
+    /// the rest): the gateway answers it itself with `status`.
+    Unclaimed { status: u16, after: Box<Reason> },
 }
 
 impl<'r> Decision<'r> {
     pub fn service<'a>(&self, rules: &'a Rules) -> Option<&'a Service> {
         rules.services.get(self.service?)
+    }
+
+    /// The status the gateway answers the request with itself, instead of
+    /// routing it: set for the unclaimed requests of a service without a
+    /// default.
+    pub fn local_reply(&self) -> Option<u16> {
+        match self.reason {
+            Reason::Unclaimed { status, .. } => Some(status),
+            _ => None,
+        }
     }
 }
 
@@ -216,6 +230,8 @@ pub fn decide_traced<'r>(
         for (name, value) in &subset.set_headers {
             edits.push(HeaderEdit::Set(name.as_str(), value.as_str()));
         }
+    } else if let Some(status) = service.unclaimed_status {
+        return unclaimed(service_index, status, reason, edits);
     }
     let written_lane = service
         .subsets
@@ -250,6 +266,29 @@ pub fn decide_traced<'r>(
         subset: Some(subset_index),
         reason,
         cluster,
+        edits,
+    }
+}
+
+/// A request of a service without a default that nothing claimed: no
+/// subset, no cluster, no pin or mirror; only the removals that protect the
+/// request stay. Out of line: services with a default never come here.
+#[cold]
+#[inline(never)]
+fn unclaimed<'r>(
+    service_index: usize,
+    status: u16,
+    after: Reason,
+    edits: Vec<HeaderEdit<'r>>,
+) -> Decision<'r> {
+    Decision {
+        service: Some(service_index),
+        subset: None,
+        reason: Reason::Unclaimed {
+            status,
+            after: Box::new(after),
+        },
+        cluster: None,
         edits,
     }
 }

@@ -37,7 +37,8 @@ pub struct Service {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub path_prefix: String,
-    /// Index into `subsets`.
+    /// Index into `subsets`; `subsets.len()` (no subset) for a service
+    /// without a default, whose unclaimed requests get `unclaimed_status`.
     pub default: usize,
     pub sticky: Option<StickyKey>,
     /// `headers`: conditions on request headers that must all hold for the
@@ -52,6 +53,9 @@ pub struct Service {
     pub mirror: Option<MirrorTo>,
     /// Holds a browser without a sticky key in the bucket it was drawn.
     pub pin: Option<PinCookie>,
+    /// Set exactly when the service has no default: the status of the
+    /// local reply to a request no tag, match, rule or weight claimed.
+    pub unclaimed_status: Option<u16>,
 }
 
 /// `pin_cookie`: the cookie carrying a user's bucket of the weighted split.

@@ -202,7 +202,15 @@ fn check_rules(rules: &Rules, limits: &Limits, allowed: Option<&[&str]>) {
     assert!(rules.services.len() as u64 <= limits.services);
     for service in &rules.services {
         assert!(service.subsets.len() as u64 <= limits.subsets_per_service);
-        assert!(service.default < service.subsets.len());
+        // The default is a subset, or the service has none and says what it
+        // answers instead.
+        match service.unclaimed_status {
+            None => assert!(service.default < service.subsets.len()),
+            Some(status) => {
+                assert_eq!(service.default, service.subsets.len());
+                assert!((200..=599).contains(&status));
+            }
+        }
         let weights: u64 = service
             .subsets
             .iter()

@@ -45,7 +45,8 @@ pub(crate) fn read_service(
     let headers = read_named_matches(&mut object, "headers", budget, errors, |name| {
         check_header_name(name).map(|()| name.to_ascii_lowercase())
     });
-    let default = object.non_empty_string("default", true, errors);
+    let default = object.non_empty_string("default", false, errors);
+    let unclaimed_status = read_unclaimed_status(&mut object, default.is_some(), errors);
     let sticky = read_sticky(&mut object, errors);
     let pin = read_pin_cookie(&mut object, errors);
 
@@ -96,21 +97,31 @@ pub(crate) fn read_service(
     });
     check_unique(errors, &subsets_path, &subsets, "tag", |subset| &subset.tag);
 
-    let (default_name, default_path) = default?;
-    let Some(default) = subsets
-        .iter()
-        .position(|(_, subset, _)| subset.name == default_name)
-    else {
-        let known: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
-        let node = value.get("default").unwrap_or(value);
-        errors.push(
-            &default_path,
-            node,
-            format!(
-                "names no subset of this service: {default_name:?} (subsets: {})",
-                known.join(", ")
-            ),
-        );
+    // Without a default, the index past the subsets stands for "no
+    // subset": the weight layout fills its gaps with it, and what lands
+    // there gets the local reply.
+    let default = match default {
+        None => Some(subsets.len()),
+        Some((default_name, default_path)) => {
+            let found = subsets
+                .iter()
+                .position(|(_, subset, _)| subset.name == default_name);
+            if found.is_none() {
+                let known: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
+                let node = value.get("default").unwrap_or(value);
+                errors.push(
+                    &default_path,
+                    node,
+                    format!(
+                        "names no subset of this service: {default_name:?} (subsets: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+            found
+        }
+    };
+    let Some(default) = default else {
         return None;
     };
 
@@ -144,7 +155,31 @@ pub(crate) fn read_service(
         subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
         mirror,
         pin,
+        unclaimed_status,
     })
+}
+
+/// `unclaimed_status`: the status answered, for a service without a
+/// default, to the requests nothing claimed. Only such a service may give
+/// it, since with a default nothing is left unclaimed.
+fn read_unclaimed_status(
+    object: &mut Object<'_>,
+    has_default: bool,
+    errors: &mut ConfigErrors,
+) -> Option<u16> {
+    const NOT_FOUND: u64 = 404;
+    if has_default {
+        if let Some((node, path)) = object.get("unclaimed_status") {
+            errors.push(
+                &path,
+                node,
+                "applies only to a service without a default (with one, the default takes what nothing else claimed)",
+            );
+        }
+        return None;
+    }
+    let status = object.integer("unclaimed_status", (200, 599), NOT_FOUND, errors);
+    u16::try_from(status).ok()
 }
 
 /// At most one subset of a service receives copies (the gateway mirrors to
