@@ -1191,3 +1191,75 @@ fn lanes_travel_in_w3c_baggage() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A canary with no mainline (issue 19, item 7): what no match, tag or
+/// weight claims is answered by the gateway itself, and reaches no backend.
+#[test]
+fn a_service_without_default_answers_what_nothing_claims() {
+    let document = json!({"trust_tag": true, "services": [
+        {"name": "nd", "hosts": ["nd.test"], "sticky": {"header": "userid"},
+         "subsets": [
+            {"name": "canary", "cluster": "nd-canary", "weight": 50,
+             "match": [{"headers": [{"name": "x-canary", "exact": "always"}]}]},
+            {"name": "beta", "cluster": "nd-beta", "set_headers": {"x-lane": "beta"}}
+         ]},
+        {"name": "teapot", "hosts": ["tea.test"], "unclaimed_status": 418,
+         "subsets": [{"name": "v2", "cluster": "tea-v2",
+                      "match": [{"headers": [{"name": "x-v2", "present": true}]}]}]}
+    ]});
+    let gateway = Gateway::start("no-default", &document);
+    let reached = || -> usize { gateway.backends.values().map(EchoBackend::requests).sum() };
+    let mut client = gateway.client();
+    let nd = |userid: &str| Request::get("/").host("nd.test").header("userid", userid);
+
+    let echo = client.send(&nd("u").header("x-canary", "always")).echo();
+    assert_eq!(echo.backend, "nd-canary");
+    let echo = client.send(&nd("u").header("x-gray-tag", "beta")).echo();
+    assert_eq!((echo.backend.as_str(), echo.header("x-lane")), ("nd-beta", Some("beta")));
+
+    // Unclaimed: answered on the same keep-alive connection, no backend sees it,
+    // not even the one a spoofed cluster header names.
+    let rules = graylane_core::config::compile(document.to_string().as_bytes()).unwrap();
+    let reply_for = |userid: &str| {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":authority", b"nd.test"),
+            (b":method", b"GET"),
+            (b":path", b"/"),
+            (b"userid", userid.as_bytes()),
+        ];
+        decide(&rules, &NativeRequest::new(&pairs), &mut WeylSequence::new(1)).local_reply()
+    };
+    let outside = (0..)
+        .map(|user| format!("user-{user}"))
+        .find(|userid| reply_for(userid).is_some())
+        .unwrap();
+    let before = reached();
+    let answer = client.send(&nd(&outside).header("x-canary", "never"));
+    assert_eq!(answer.status, 404, "{:?}", answer.text());
+    let answer = client.send(&nd(&outside).header("x-graylane-cluster", "nd-canary"));
+    assert_eq!(answer.status, 404);
+    let answer = client.send(&Request::get("/").host("tea.test").header("x-graylane-cluster", "tea-v2"));
+    assert_eq!(answer.status, 418);
+    assert_eq!(reached(), before, "an unclaimed request reached a backend");
+    let echo = client.send(&Request::get("/").host("tea.test").header("x-v2", "1")).echo();
+    assert_eq!(echo.backend, "tea-v2");
+    let echo = client.send(&Request::get("/").host("elsewhere.test")).echo();
+    assert_eq!(echo.backend, FALLBACK_CLUSTER);
+
+    // The sticky split between the canary and the reply: every user where
+    // the library puts them, about half answered 404.
+    let mut answered = 0;
+    for user in 0..400 {
+        let userid = format!("user-{user}");
+        let response = client.send(&nd(&userid));
+        match reply_for(&userid) {
+            Some(status) => {
+                answered += 1;
+                assert_eq!(response.status, status, "{userid}");
+            }
+            None => assert_eq!(response.echo().backend, "nd-canary", "{userid}"),
+        }
+    }
+    assert!((160..=240).contains(&answered), "{answered} of 400 users answered 404");
+    gateway.envoy.assert_no_wasm_errors();
+}

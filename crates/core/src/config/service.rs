@@ -121,9 +121,7 @@ pub(crate) fn read_service(
             found
         }
     };
-    let Some(default) = default else {
-        return None;
-    };
+    let default = default?;
 
     let weighted: Vec<(usize, u32)> = subsets
         .iter()
