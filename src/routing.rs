@@ -65,11 +65,14 @@ pub fn on_request_headers(root: &Root) -> Outcome {
     } else {
         None
     };
-    let request = Request::new(&pairs).with_source_ip(
+    let mut request = Request::new(&pairs).with_source_ip(
         source_address
             .as_ref()
             .map(|address| ip_of_socket_address(address.bytes())),
     );
+    if rules.needs_clock {
+        request = request.with_now(now_s(root));
+    }
 
     let mut sequence = root.sequence();
     let decision = decide(rules, &request, &mut sequence);
@@ -99,6 +102,15 @@ pub fn on_request_headers(root: &Root) -> Outcome {
         return Outcome::WaitForRefresh;
     }
     Outcome::Continue
+}
+
+/// The clock for signed lane cookies, in seconds; none on APISIX's host,
+/// which has none (its cookies then carry no expiry).
+fn now_s(root: &Root) -> Option<u64> {
+    if root.apisix_mode() {
+        return None;
+    }
+    abi::current_time_ns().ok().map(|nanos| nanos / 1_000_000_000)
 }
 
 /// Envoy's `source.address`; APISIX's host looks a property up as one nginx

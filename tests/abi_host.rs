@@ -835,6 +835,38 @@ fn an_unclaimed_request_of_a_service_without_default_is_answered_with_one_call()
 }
 
 #[test]
+fn the_clock_is_read_per_request_only_for_signed_lane_cookies_and_never_in_apisix_mode() {
+    let mut document = rules();
+    document["lane_keys"] = json!(["0123456789abcdef"]);
+    document["services"][0]["subsets"][1]["affinity"] = json!(true);
+    for (apisix_mode, clock) in [(false, true), (true, false)] {
+        document["apisix_mode"] = json!(apisix_mode);
+        let mut plugin = Plugin::start(Host::default());
+        assert!(plugin.configure(&document));
+        plugin.take_calls();
+        assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
+        let mut expected = vec![PAIRS];
+        if clock {
+            expected.push("proxy_get_current_time_nanoseconds");
+        }
+        // The cluster, the tag and the lane cookie in the pin header.
+        expected.extend([REPLACE, REPLACE, REPLACE]);
+        assert_eq!(plugin.take_calls(), expected, "apisix_mode {apisix_mode}");
+        assert!(plugin.host().values("x-graylane-pin-cookie")[0].starts_with("graylane_lane=canary."));
+    }
+    // Unsigned cookies need no clock.
+    document["services"][0]["subsets"][1]["affinity"] = json!(true);
+    document.as_object_mut().unwrap().remove("lane_keys");
+    document["apisix_mode"] = json!(false);
+    let mut plugin = Plugin::start(Host::default());
+    assert!(plugin.configure(&document));
+    plugin.take_calls();
+    assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
+    assert_eq!(plugin.take_calls(), [PAIRS, REPLACE, REPLACE, REPLACE]);
+    assert_eq!(plugin.host().values("x-graylane-pin-cookie"), ["graylane_lane=canary; Max-Age=86400; Path=/; Secure; HttpOnly; SameSite=Lax"]);
+}
+
+#[test]
 fn an_untrusted_tag_is_replaced_or_removed_never_both() {
     let mut document = rules();
     document["trust_tag"] = json!(false);

@@ -172,6 +172,7 @@ fn the_decision_table_routes_the_same_through_apisix_s_host() {
         table::PIN,
         table::EXPRESSIVE,
         table::NO_DEFAULT,
+        table::AFFINITY,
     ];
     let mut routes = Vec::new();
     for phase in [Phase::Rewrite, Phase::Access] {

@@ -495,7 +495,10 @@ impl EnvoyConfig {
         bootstrap.fallbacks = self.fallbacks.clone();
         // As `graylane envoy` does: the cookie copy only for rules that pin,
         // the mirror policy only for rules that mirror.
-        bootstrap.pin_header = self.header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie");
+        // Lane cookies (affinity) travel as pin cookies do.
+        bootstrap.pin_header = self
+            .header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie")
+            .or_else(|| self.header_if_used("affinity", "pin_header", "x-graylane-pin-cookie"));
         bootstrap.mirror_header = self.header_if_used("mirror", "mirror_header", "x-graylane-mirror");
         bootstrap.clusters = self
             .clusters

@@ -357,7 +357,8 @@ const COMMENTS: &[(&str, &str)] = &[
     (
         "response_headers_to_add:",
         "A pin cookie (pin_cookie): the bucket the plugin drew for a browser without\n\
-         a sticky key, set on the response; nothing when no pin was drawn.",
+         a sticky key, or a lane cookie (subsets[].affinity): the lane a tag or match\n\
+         chose; set on the response, nothing when the plugin wrote none.",
     ),
     (
         "request_mirror_policies:",

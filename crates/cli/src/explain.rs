@@ -202,7 +202,9 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let mut sequence = WeylSequence::new(0);
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
+    let request = Request::new(&pairs)
+        .with_source_ip(spec.source_ip_bytes())
+        .with_now(super::request::clock(rules));
     let mut recorded = Recorded::default();
     let decision = decide_traced(rules, &request, &mut sequence, &mut recorded);
 
@@ -534,6 +536,13 @@ fn reasons(
             "default: no tag, no match entry, and no subset has a weight, so {subset_name} takes it"
         )),
         Reason::Unclaimed { .. } => {}
+        Reason::Affinity => {
+            let cookie = service.affinity.as_ref().map_or("", |lane| lane.cookie.name.as_str());
+            let signed = if rules.lane_keys.is_empty() { "" } else { ", signed by a lane key and not expired" };
+            why.push(format!(
+                "affinity: the request's lane cookie {cookie}{signed} names {subset_name}, which has affinity: routed as if it carried the tag"
+            ));
+        }
     }
     why
 }

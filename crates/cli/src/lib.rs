@@ -467,6 +467,9 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
                 if index == service.default {
                     text.push_str(" (default)");
                 }
+                if subset.affinity {
+                    text.push_str(" (affinity)");
+                }
                 if *share > 0 && !service.weight_table().is_empty() {
                     text.push_str(&format!(" {}", explain::percent(*share)));
                 }
@@ -646,7 +649,13 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if document.rules.services.iter().any(|service| service.mirror.is_some()) {
         bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
     }
-    if document.rules.services.iter().any(|service| service.pin.is_some()) {
+    // Lane cookies travel as pin cookies do: the same header, the same copy.
+    if document
+        .rules
+        .services
+        .iter()
+        .any(|service| service.pin.is_some() || service.affinity.is_some())
+    {
         bootstrap.pin_header = Some(document.rules.pin_header.clone());
     }
     let mut stub_port = args.stub_port_base;

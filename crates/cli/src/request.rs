@@ -261,6 +261,7 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
             "rule"
         }
         Reason::Unclaimed { .. } => "unclaimed",
+        Reason::Affinity => "affinity",
     };
     outcome.insert("reason".into(), json!(reason));
     let edits: Vec<Value> = decision
@@ -313,8 +314,24 @@ pub fn decide_spec<'r>(
 ) -> Decision<'r> {
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
+    let request = Request::new(&pairs)
+        .with_source_ip(spec.source_ip_bytes())
+        .with_now(clock(rules));
     decide(rules, &request, sequence)
+}
+
+/// This machine's clock, as the gateway reads its own, for rules that sign
+/// lane cookies (their expiry).
+pub fn clock(rules: &Rules) -> Option<u64> {
+    rules
+        .needs_clock
+        .then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+        })
+        .flatten()
+        .map(|elapsed| elapsed.as_secs())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! only feeds it headers and applies what it returns, and the command-line
 //! tool calls the very same function.
 
+use crate::affinity::LaneCookie;
 use crate::request::Request;
 use crate::rules::{MatchEntry, MirrorTo, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
@@ -76,6 +77,9 @@ pub enum Reason {
         bucket: Option<u32>,
         sticky: bool,
     },
+    /// The request carried the service's lane cookie naming this subset
+    /// (signed, where the rules have `lane_keys`), which has `affinity`.
+    Affinity,
     /// The service has no default and nothing claimed the request (`after`
     /// says how it got there: `Default`, or a `Rule` whose split left it to
     /// the rest): the gateway answers it itself with `status`.
@@ -233,6 +237,9 @@ pub fn decide_traced<'r>(
     } else if let Some(status) = service.unclaimed_status {
         return unclaimed(service_index, status, reason, edits);
     }
+    if let Some(lane_cookie) = &service.affinity {
+        push_lane_cookie(&mut edits, rules, service, lane_cookie, subset_index, &reason, request);
+    }
     let written_lane = service
         .subsets
         .get(subset_index)
@@ -268,6 +275,45 @@ pub fn decide_traced<'r>(
         cluster,
         edits,
     }
+}
+
+/// The subset with `affinity` whose tag the request's lane cookie names
+/// (the first cookie of that name that is honoured). Out of line: only
+/// services with affinity come here.
+#[inline(never)]
+fn lane_by_cookie(service: &Service, lane_cookie: &LaneCookie, request: &Request<'_>) -> Option<usize> {
+    request
+        .cookie_values(&lane_cookie.cookie.name)
+        .filter_map(|value| lane_cookie.lane(&service.name, value, request.now_s()))
+        .find_map(|lane| {
+            service
+                .subsets
+                .iter()
+                .position(|s| s.affinity && s.tag.as_bytes() == lane)
+        })
+}
+
+/// The lane cookie for a request sent to a subset with `affinity` by its
+/// tag or a match entry, through the pin header (the route copies it into
+/// the response). Not re-sent to a request the cookie itself routed.
+#[inline(never)]
+fn push_lane_cookie<'r>(
+    edits: &mut Vec<HeaderEdit<'r>>,
+    rules: &'r Rules,
+    service: &Service,
+    lane_cookie: &LaneCookie,
+    subset_index: usize,
+    reason: &Reason,
+    request: &Request<'_>,
+) {
+    if !matches!(reason, Reason::Tag | Reason::Match { .. }) {
+        return;
+    }
+    let Some(subset) = service.subsets.get(subset_index).filter(|s| s.affinity) else {
+        return;
+    };
+    let cookie = lane_cookie.set_cookie(&service.name, &subset.tag, request.now_s());
+    edits.push(HeaderEdit::SetOwned(rules.pin_header.as_str(), cookie));
 }
 
 /// A request of a service without a default that nothing claimed: no
@@ -359,6 +405,10 @@ fn choose_subset(
     if let Some(tag) = incoming_tag {
         if let Some(index) = service.subsets.iter().position(|s| s.tag.as_bytes() == tag) {
             return (index, Reason::Tag);
+        }
+    } else if let Some(lane_cookie) = &service.affinity {
+        if let Some(index) = lane_by_cookie(service, lane_cookie, request) {
+            return (index, Reason::Affinity);
         }
     }
     for (index, subset) in service.subsets.iter().enumerate() {

@@ -14,6 +14,7 @@ pub type HeaderPair<'a> = (&'a [u8], &'a [u8]);
 pub struct Request<'a> {
     headers: &'a [HeaderPair<'a>],
     source_ip: Option<&'a [u8]>,
+    now_s: Option<u64>,
 }
 
 impl<'a> Request<'a> {
@@ -21,7 +22,19 @@ impl<'a> Request<'a> {
         Request {
             headers,
             source_ip: None,
+            now_s: None,
         }
+    }
+
+    /// The gateway's clock, seconds since the epoch, for signed lane
+    /// cookies (`Rules::needs_clock`); none on a host without a clock.
+    pub fn with_now(mut self, now_s: Option<u64>) -> Self {
+        self.now_s = now_s;
+        self
+    }
+
+    pub fn now_s(&self) -> Option<u64> {
+        self.now_s
     }
 
     /// The client address, without port, for `sticky: {"source_ip": true}`.

@@ -15,9 +15,14 @@ pub struct Rules {
     /// The header naming the cluster a copy of the request goes to
     /// (Envoy's `request_mirror_policies` reads it).
     pub mirror_header: String,
-    /// The request header a pin cookie is put in, for the route to copy into
-    /// the response as `set-cookie`.
+    /// The request header a pin cookie (or a lane affinity cookie) is put
+    /// in, for the route to copy into the response as `set-cookie`.
     pub pin_header: String,
+    /// `lane_keys`: the keys lane affinity cookies are signed with.
+    pub lane_keys: crate::affinity::LaneKeys,
+    /// Some service signs lane cookies: the plugin reads the clock for
+    /// their expiry only then (a host call).
+    pub needs_clock: bool,
     /// Also read and write the lane as this W3C Baggage member.
     pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
@@ -53,6 +58,9 @@ pub struct Service {
     pub mirror: Option<MirrorTo>,
     /// Holds a browser without a sticky key in the bucket it was drawn.
     pub pin: Option<PinCookie>,
+    /// `lane_cookie`, present when a subset has `affinity`: the cookie
+    /// naming the lane a request was routed to by tag or match.
+    pub affinity: Option<crate::affinity::LaneCookie>,
     /// Set exactly when the service has no default: the status of the
     /// local reply to a request no tag, match, rule or weight claimed.
     pub unclaimed_status: Option<u16>,
@@ -70,6 +78,11 @@ impl PinCookie {
     /// The `set-cookie` value for `bucket`.
     pub fn set_cookie(&self, bucket: u32) -> String {
         format!("{}={bucket}{}", self.name, self.attributes)
+    }
+
+    /// The `set-cookie` value for a cookie of these settings holding `value`.
+    pub fn set_cookie_value(&self, value: &str) -> String {
+        format!("{}={value}{}", self.name, self.attributes)
     }
 }
 
@@ -118,6 +131,9 @@ pub struct Subset {
     pub set_headers: Vec<(String, String)>,
     /// `mirror`: (share in basis points, methods), as written on the subset.
     pub mirror: Option<(u32, Vec<String>)>,
+    /// `affinity`: a request routed here by tag or match gets the service's
+    /// lane cookie, and the cookie routes later ones here.
+    pub affinity: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -378,6 +378,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
         pin_header: "x-graylane-pin-cookie".into(),
         tag_baggage_key: None,
         trust_tag: false,
+        lane_keys: Default::default(),
         limits,
         allowed_clusters: Some(vec!["b-stable".into(), "b-canary".into(), "outbound|80|*".into()]),
     };

@@ -117,6 +117,11 @@ pub(crate) struct Budget {
     /// The headers the plugin writes itself: `set_headers` may not name them.
     pub cluster_header: String,
     pub tag_header: String,
+    /// Whether incoming tags are honoured, and the keys lane cookies are
+    /// signed with: a lane cookie at an edge that does not trust tags must
+    /// be signed.
+    pub trust_tag: bool,
+    pub lane_keys: crate::affinity::LaneKeys,
     match_entries: u64,
     in_values: u64,
     regexes: u64,
@@ -136,6 +141,8 @@ impl Budget {
             allowed_clusters: None,
             cluster_header: super::DEFAULT_CLUSTER_HEADER.to_string(),
             tag_header: super::DEFAULT_TAG_HEADER.to_string(),
+            trust_tag: true,
+            lane_keys: crate::affinity::LaneKeys::default(),
             match_entries: 0,
             in_values: 0,
             regexes: 0,
@@ -150,6 +157,8 @@ impl Budget {
             allowed_clusters: base.allowed_clusters.clone(),
             cluster_header: base.cluster_header.clone(),
             tag_header: base.tag_header.clone(),
+            trust_tag: base.trust_tag,
+            lane_keys: base.lane_keys.clone(),
             ..Budget::fragment()
         }
     }

@@ -210,6 +210,27 @@ pub const NO_DEFAULT: &str = r#"{
   ]
 }"#;
 
+/// Lane affinity at an edge (issue 19, item 8), decided without a clock
+/// as on APISIX's host: the signed cookie carries expiry 0. Its MAC,
+/// HMAC-SHA256 over (u64 length, "shop", u64 length, "canary", "0") with the
+/// key, was computed apart (Python's `hmac`): a test vector of the format.
+pub const AFFINITY: &str = r#"{"trust_tag": false, "lane_keys": ["graylane-table-key-1"],
+  "services": [
+    { "name": "shop", "hosts": ["aff.example.com"], "default": "stable",
+      "lane_cookie": { "name": "gl_lane", "secure": false },
+      "subsets": [
+        { "name": "stable", "cluster": "aff-stable" },
+        { "name": "canary", "cluster": "aff-canary", "affinity": true,
+          "match": [ { "headers": [ { "name": "x-canary", "exact": "always" } ] } ] },
+        { "name": "beta", "cluster": "aff-beta",
+          "match": [ { "headers": [ { "name": "x-beta", "exact": "1" } ] } ] }
+      ] }
+  ]
+}"#;
+
+/// The cookie the table's edge sets for the canary, without a clock.
+const LANE_COOKIE: &str = "gl_lane=canary.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e";
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -241,6 +262,7 @@ const GET: (&[u8], &[u8]) = (b":method", b"GET");
 const API: (&[u8], &[u8]) = (b":authority", b"api.example.com");
 const X: (&[u8], &[u8]) = (b":authority", b"x.example.com");
 const ND: (&[u8], &[u8]) = (b":authority", b"nd.example.com");
+const AFF: (&[u8], &[u8]) = (b":authority", b"aff.example.com");
 
 pub const CASES: &[Case] = &[
     // --- the contract's example ---
@@ -1463,6 +1485,59 @@ pub const CASES: &[Case] = &[
         &[(b":authority", b"other.example.com"), GET, (b":path", b"/")],
         None,
         &[],
+    ),
+    case(
+        "affinity: a match sets the signed lane cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-canary", b"always")],
+        Some("aff-canary"),
+        &[
+            "x-graylane-cluster=aff-canary",
+            "x-gray-tag=canary",
+            "x-graylane-pin-cookie=gl_lane=canary.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax",
+        ],
+    ),
+    case(
+        "affinity: the signed cookie routes as the tag would, and is not set again",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", LANE_COOKIE.as_bytes())],
+        Some("aff-canary"),
+        &["x-graylane-cluster=aff-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "affinity: the cookie comes before match entries, as a tag does",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-beta", b"1"), (b"cookie", LANE_COOKIE.as_bytes())],
+        Some("aff-canary"),
+        &["x-graylane-cluster=aff-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "affinity: an unsigned cookie at the edge is ignored",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", b"gl_lane=canary")],
+        Some("aff-stable"),
+        &["x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: a cookie signed for another lane's name is ignored",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", b"gl_lane=beta.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e")],
+        Some("aff-stable"),
+        &["x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: the untrusted tag is stripped and sets no cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-gray-tag", b"canary")],
+        Some("aff-stable"),
+        &["-x-gray-tag", "x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: a subset without affinity sets no cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-beta", b"1")],
+        Some("aff-beta"),
+        &["x-graylane-cluster=aff-beta", "x-gray-tag=beta"],
     ),
     case(
         "pin and rule: a rule's draw without a key is pinned (bucket 712)",
