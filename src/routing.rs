@@ -17,7 +17,7 @@ use graylane_core::decision::{decide, HeaderEdit};
 use graylane_core::request::{ip_of_socket_address, parse_header_map, HeaderPair, Request};
 use graylane_core::rules::Rules;
 
-use crate::abi::{self, HostBuffer, MapType, Status};
+use crate::abi::{self, BufferType, HostBuffer, MapType, Status};
 use crate::root::Root;
 
 /// APISIX's host hands the plugin the first 100 request headers (pseudo
@@ -34,9 +34,29 @@ pub enum Outcome {
     Refused,
     /// Routed; held until the refresh it started is answered (APISIX mode).
     WaitForRefresh,
+    /// Not routed yet: held for its form body, up to this many bytes.
+    WaitForBody(usize),
 }
 
-pub fn on_request_headers(root: &Root) -> Outcome {
+/// Where a request is decided: on its headers (`end_of_stream` when they
+/// end it), or at the end of the form body it was held for.
+#[derive(Clone, Copy)]
+enum Phase {
+    Headers { end_of_stream: bool },
+    BodyEnd { cap: usize },
+}
+
+pub fn on_request_headers(root: &Root, end_of_stream: bool) -> Outcome {
+    route(root, Phase::Headers { end_of_stream })
+}
+
+/// The form body is in (or past `cap`): decide with it, the headers read
+/// again. A header written here makes Envoy choose the route again.
+pub fn on_request_body_end(root: &Root, cap: usize) -> Outcome {
+    route(root, Phase::BodyEnd { cap })
+}
+
+fn route(root: &Root, phase: Phase) -> Outcome {
     let Some(compiled) = root.current() else {
         // The host refuses to run a filter whose on_configure failed, so this
         // is only reachable through a host bug. Refuse rather than forward a
@@ -72,6 +92,23 @@ pub fn on_request_headers(root: &Root) -> Outcome {
     );
     if rules.needs_clock {
         request = request.with_now(now_s(root));
+    }
+    let body;
+    match phase {
+        Phase::Headers { end_of_stream } => {
+            if rules.reads_form && !end_of_stream && !root.apisix_mode() {
+                if let Some(cap) = graylane_core::decision::body_wanted(rules, &request) {
+                    return Outcome::WaitForBody(cap);
+                }
+            }
+        }
+        Phase::BodyEnd { cap } => {
+            // One byte past the cap tells a body over it: that one does not
+            // match `form`, and goes on as it came.
+            body = abi::buffer_bytes(BufferType::HttpRequestBody, cap.saturating_add(1)).ok();
+            let whole = body.as_ref().map(HostBuffer::bytes).filter(|bytes| bytes.len() <= cap);
+            request = request.with_form_body(whole);
+        }
     }
 
     let mut sequence = root.sequence();

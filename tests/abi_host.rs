@@ -69,6 +69,8 @@ struct Host {
     request: Headers,
     call_headers: Headers,
     call_body: Vec<u8>,
+    /// The request body buffered so far (buffer type 0).
+    request_body: Vec<u8>,
     properties: BTreeMap<Vec<u8>, Vec<u8>>,
     shared: BTreeMap<Vec<u8>, (Vec<u8>, u32)>,
     next_cas: u32,
@@ -313,6 +315,7 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          -> wasmtime::Result<i32> {
             fail!(caller, "proxy_get_buffer_bytes");
             let bytes = match buffer {
+                0 => caller.data().request_body.clone(),
                 4 => caller.data().call_body.clone(),
                 7 => caller.data().configuration.clone(),
                 _ => return Ok(2),
@@ -634,6 +637,26 @@ impl Plugin {
         self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_headers", (id, count, 1))
     }
 
+    /// A request whose headers do not end the stream, then its body in
+    /// `pieces` (the last with end of stream): each callback's answer.
+    fn request_with_body(&mut self, id: i32, headers: &[(&str, &str)], pieces: &[&str]) -> Vec<i32> {
+        self.host().request = headers
+            .iter()
+            .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            .collect();
+        self.host().request_body.clear();
+        self.call_on::<(i32, i32), ()>(id, "proxy_on_context_create", (id, ROOT));
+        let count = headers.len() as i32;
+        let mut answers = vec![self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_headers", (id, count, 0))];
+        for (position, piece) in pieces.iter().enumerate() {
+            self.host().request_body.extend_from_slice(piece.as_bytes());
+            let size = self.host().request_body.len() as i32;
+            let end = i32::from(position + 1 == pieces.len());
+            answers.push(self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_body", (id, size, end)));
+        }
+        answers
+    }
+
     fn close(&mut self, id: i32) {
         assert_eq!(self.call_on::<i32, i32>(id, "proxy_on_done", id), 1);
         self.call_on::<i32, ()>(id, "proxy_on_delete", id);
@@ -715,6 +738,8 @@ fn the_module_exports_the_callbacks_it_needs_and_imports_only_known_calls() {
         "proxy_on_context_create",
         "proxy_on_configure",
         "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
         "proxy_on_http_call_response",
         "proxy_on_tick",
         "proxy_on_done",
@@ -864,6 +889,41 @@ fn the_clock_is_read_per_request_only_for_signed_lane_cookies_and_never_in_apisi
     assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
     assert_eq!(plugin.take_calls(), [PAIRS, REPLACE, REPLACE, REPLACE]);
     assert_eq!(plugin.host().values("x-graylane-pin-cookie"), ["graylane_lane=canary; Max-Age=86400; Path=/; Secure; HttpOnly; SameSite=Lax"]);
+}
+
+#[test]
+fn only_a_form_post_to_a_service_with_form_waits_for_its_body() {
+    let mut document = rules();
+    document["limits"] = json!({"max_body_bytes": 16});
+    document["services"][0]["subsets"][1]["match"] = json!([{"form": [{"name": "u", "exact": "1"}]}]);
+    let mut plugin = Plugin::start(Host::default());
+    assert!(plugin.configure(&document));
+    plugin.take_calls();
+    let form_post = |host: &'static str| {
+        vec![(":method", "POST"), (":path", "/"), (":authority", host),
+             ("content-type", "application/x-www-form-urlencoded")]
+    };
+    // Held (1) through the first piece, decided at the end of the body:
+    // the map read again, the body read, the cluster and tag written; the
+    // empty end-of-stream call HTTP/1.1 makes after that goes on.
+    assert_eq!(plugin.request_with_body(2, &form_post("b.test"), &["a=0&", "u=1"]), [1, 1, 0]);
+    assert_eq!(plugin.take_calls(), [PAIRS, PAIRS, "proxy_get_buffer_bytes", REPLACE, REPLACE]);
+    assert_eq!(plugin.host().values(CLUSTER), ["b-canary"]);
+    let late: i32 = plugin.call_on(2, "proxy_on_request_body", (2, 7, 1));
+    assert_eq!((late, plugin.take_calls().len()), (0, 0));
+    plugin.close(2);
+    // Past the cap: decided without the body as soon as it is over.
+    assert_eq!(plugin.request_with_body(3, &form_post("b.test"), &["u=1&padding=xxxxxxxxxxx", "more"]), [1, 0, 0]);
+    assert_eq!(plugin.host().values(CLUSTER), ["b-stable"]);
+    plugin.close(3);
+    // Not held: JSON, a GET, another service, a known length over the cap.
+    let json_post = with(get("b.test"), &[(":method", "POST"), ("content-type", "application/json")]);
+    let too_long = with(form_post("b.test"), &[("content-length", "17")]);
+    for (id, headers) in [(4, json_post), (5, get("b.test")), (6, form_post("other.test")), (7, too_long)] {
+        let answers = plugin.request_with_body(id, &headers, &["u=1"]);
+        assert_eq!(answers, [0, 0], "request {id}");
+        plugin.close(id);
+    }
 }
 
 #[test]

@@ -1263,3 +1263,58 @@ fn a_service_without_default_answers_what_nothing_claims() {
     assert!((160..=240).contains(&answered), "{answered} of 400 users answered 404");
     gateway.envoy.assert_no_wasm_errors();
 }
+
+/// Form bodies (issue 19, item 4): a POST of
+/// `application/x-www-form-urlencoded` waits for its body, and the route
+/// follows the cluster chosen after it; the body reaches the upstream byte
+/// for byte; other requests, a body past `limits.max_body_bytes` and another
+/// content type are decided on their headers, where `form` does not match.
+#[test]
+fn a_form_body_parameter_chooses_the_cluster_after_the_body() {
+    let document = json!({
+        "limits": {"max_body_bytes": 64},
+        "services": [{
+            "name": "f", "hosts": ["f.test"], "default": "stable",
+            "subsets": [
+                {"name": "stable", "cluster": "f-stable"},
+                {"name": "canary", "cluster": "f-canary",
+                 "match": [{"form": [{"name": "user id", "exact": "a&b c"}]}]}
+            ]
+        }, {
+            "name": "plain", "hosts": ["p.test"], "default": "stable",
+            "subsets": [{"name": "stable", "cluster": "p-stable"}]
+        }]
+    });
+    let gateway = Gateway::start("form", &document);
+    let mut client = gateway.client();
+    let form = "application/x-www-form-urlencoded";
+    let post = |host: &str, content_type: &str, body: &str| {
+        Request::new("POST", "/submit")
+            .host(host)
+            .header("content-type", content_type)
+            .body(body.as_bytes())
+    };
+    let cases: Vec<(&str, Request, &str, String)> = vec![
+        ("form match", post("f.test", form, "x=1&user+id=a%26b+c&y=%E2%9C%93"), "f-canary", "x=1&user+id=a%26b+c&y=%E2%9C%93".into()),
+        ("form with charset", post("f.test", "Application/X-WWW-Form-Urlencoded; charset=utf-8", "user%20id=a%26b%20c"), "f-canary", "user%20id=a%26b%20c".into()),
+        ("form, other value", post("f.test", form, "user+id=a"), "f-stable", "user+id=a".into()),
+        ("JSON with the same text", post("f.test", "application/json", "user+id=a%26b+c"), "f-stable", "user+id=a%26b+c".into()),
+        ("over max_body_bytes", post("f.test", form, &format!("user+id=a%26b+c&pad={}", "p".repeat(80))), "f-stable",
+            format!("user+id=a%26b+c&pad={}", "p".repeat(80))),
+        ("chunked within the cap", post("f.test", form, "7\r\nuser+id\r\n9\r\n=a%26b+c&\r\n0\r\n\r\n").header("transfer-encoding", "chunked"),
+            "f-canary", "user+id=a%26b+c&".into()),
+        ("chunked past the cap", post("f.test", form, &format!("10\r\nuser+id=a%26b+c&\r\n50\r\n{}\r\n0\r\n\r\n", "q".repeat(80)))
+            .header("transfer-encoding", "chunked"), "f-stable", format!("user+id=a%26b+c&{}", "q".repeat(80))),
+        ("spoofed cluster on a form request", post("f.test", form, "user+id=a").header("x-graylane-cluster", "f-canary"), "f-stable", "user+id=a".into()),
+        ("a service without form", post("p.test", form, "user+id=a%26b+c"), "p-stable", "user+id=a%26b+c".into()),
+    ];
+    for (what, request, backend, body) in cases {
+        let echo = client.send(&request).echo();
+        assert_eq!(echo.backend, backend, "{what}");
+        assert_eq!(echo.body, body, "{what}: the body changed on its way");
+        assert_eq!(echo.header("x-graylane-cluster"), Some(backend), "{what}");
+    }
+    let echo = client.send(&Request::get("/?user+id=a%26b+c").host("f.test")).echo();
+    assert_eq!(echo.backend, "f-stable");
+    gateway.envoy.assert_no_wasm_errors();
+}

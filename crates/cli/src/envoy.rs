@@ -99,6 +99,11 @@ pub struct Bootstrap {
     /// The rules pin browsers (`pin_cookie`): the request header the plugin
     /// puts the cookie in, copied into the response as `set-cookie`.
     pub pin_header: Option<String>,
+    /// The rules route on form bodies (`form`): the wasm filter may pause a
+    /// request in its headers callback until the body is in
+    /// (`allow_on_headers_stop_iteration`; without it Envoy never calls the
+    /// body callback of a request paused there).
+    pub reads_body: bool,
 }
 
 /// A subset cluster and the default cluster its traffic goes to while the
@@ -136,6 +141,7 @@ impl Bootstrap {
             fallbacks: Vec::new(),
             mirror_header: None,
             pin_header: None,
+            reads_body: false,
         }
     }
 
@@ -225,6 +231,12 @@ impl Bootstrap {
                 }
             }
         });
+        let mut wasm_filter = wasm_filter;
+        if self.reads_body {
+            if let Some(config) = wasm_filter.pointer_mut("/typed_config/config").and_then(Value::as_object_mut) {
+                config.insert("allow_on_headers_stop_iteration".into(), json!(true));
+            }
+        }
         let manager = json!({
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {

@@ -111,6 +111,7 @@ pub fn describe_entry(entry: &MatchEntry) -> Vec<String> {
     }
     conditions.extend(describe_path(entry));
     conditions.extend(named("query", &entry.query));
+    conditions.extend(named("form", &entry.form));
     if !entry.methods.is_empty() {
         conditions.push(format!("method {}", entry.methods.join(" or ")));
     }
@@ -187,6 +188,7 @@ fn describe_condition(entry: &MatchEntry, failed: Condition) -> String {
         Condition::Header(at) => named("header", &entry.headers, at),
         Condition::Cookie(at) => named("cookie", &entry.cookies, at),
         Condition::Query(at) => named("query", &entry.query, at),
+        Condition::Form(at) => named("form", &entry.form, at),
     }
 }
 
@@ -205,6 +207,7 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let request = Request::new(&pairs)
         .with_source_ip(spec.source_ip_bytes())
         .with_now(super::request::clock(rules));
+    let request = super::request::with_body(rules, request, spec);
     let mut recorded = Recorded::default();
     let decision = decide_traced(rules, &request, &mut sequence, &mut recorded);
 

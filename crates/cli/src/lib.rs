@@ -249,6 +249,10 @@ struct RequestArgs {
     /// The client address (for sticky: {source_ip: true})
     #[arg(long)]
     source_ip: Option<String>,
+    /// The request body, as the gateway would wait for it for `form`
+    /// conditions (give content-type: application/x-www-form-urlencoded)
+    #[arg(long)]
+    body: Option<String>,
 }
 
 impl RequestArgs {
@@ -260,6 +264,7 @@ impl RequestArgs {
             && self.headers.is_empty()
             && self.cookies.is_empty()
             && self.source_ip.is_none()
+            && self.body.is_none()
     }
 
     fn spec(&self) -> Result<RequestSpec, String> {
@@ -268,6 +273,7 @@ impl RequestArgs {
             path: Some(self.path.clone().unwrap_or_else(|| "/".into())),
             method: Some(self.method.clone().unwrap_or_else(|| "GET".into())),
             source_ip: self.source_ip.clone(),
+            body: self.body.clone(),
             ..RequestSpec::default()
         };
         for header in &self.headers {
@@ -649,6 +655,7 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if document.rules.services.iter().any(|service| service.mirror.is_some()) {
         bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
     }
+    bootstrap.reads_body = document.rules.reads_form;
     // Lane cookies travel as pin cookies do: the same header, the same copy.
     if document
         .rules

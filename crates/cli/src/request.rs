@@ -37,6 +37,9 @@ pub struct RequestSpec {
     pub cookies: BTreeMap<String, String>,
     #[serde(default)]
     pub source_ip: Option<String>,
+    /// The request body, for `form` conditions.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -317,7 +320,17 @@ pub fn decide_spec<'r>(
     let request = Request::new(&pairs)
         .with_source_ip(spec.source_ip_bytes())
         .with_now(clock(rules));
+    let request = with_body(rules, request, spec);
     decide(rules, &request, sequence)
+}
+
+/// The request with its body, when the plugin would wait for it (a form
+/// content type, rules with `form`, within `limits.max_body_bytes`).
+pub fn with_body<'a>(rules: &Rules, request: Request<'a>, spec: &'a RequestSpec) -> Request<'a> {
+    let body = spec.body.as_deref().filter(|body| {
+        graylane_core::decision::body_wanted(rules, &request).is_some_and(|cap| body.len() <= cap)
+    });
+    request.with_form_body(body.map(str::as_bytes))
 }
 
 /// This machine's clock, as the gateway reads its own, for rules that sign

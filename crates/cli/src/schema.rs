@@ -135,6 +135,7 @@ fn match_entry() -> Value {
             "headers": named_matches("request headers (names case-insensitive)"),
             "cookies": named_matches("one cookie's value"),
             "query": named_matches("form-decoded query parameters"),
+            "form": named_matches("parameters of an application/x-www-form-urlencoded body, up to limits.max_body_bytes"),
             "cookie_regex": {"type": "string", "minLength": 1,
                 "description": "a regex over the whole Cookie header"},
             "path": string_match("a string match on the path without the query", &[invert()], &[]),
@@ -146,7 +147,7 @@ fn match_entry() -> Value {
         &[],
     );
     if let Some(object) = entry.as_object_mut() {
-        let conditions = ["headers", "cookies", "query", "cookie_regex", "path", "method", "not"];
+        let conditions = ["headers", "cookies", "query", "form", "cookie_regex", "path", "method", "not"];
         let any: Vec<Value> = conditions.iter().map(|c| json!({"required": [c]})).collect();
         object.insert("anyOf".into(), Value::Array(any));
     }

@@ -137,6 +137,7 @@ pub enum Condition {
     Header(usize),
     Cookie(usize),
     Query(usize),
+    Form(usize),
     /// The entry's `not` held.
     Not,
 }
@@ -636,11 +637,68 @@ fn failed_condition<const HOT: bool>(
     {
         return Some(Condition::Cookie(at));
     }
-    entry
+    if let Some(at) = entry
         .query
         .iter()
         .position(|c| !named_holds::<HOT, _, _>(c, request.query_values(&c.name)))
-        .map(Condition::Query)
+    {
+        return Some(Condition::Query(at));
+    }
+    if entry.form.is_empty() {
+        return None;
+    }
+    form_failure(entry, request)
+}
+
+/// The first `form` condition that does not hold. Out of line: few entries
+/// have one.
+#[cold]
+#[inline(never)]
+fn form_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condition> {
+    entry
+        .form
+        .iter()
+        .position(|c| !named_holds::<false, _, _>(c, request.form_values(&c.name)))
+        .map(Condition::Form)
+}
+
+/// How many body bytes to wait for before deciding this request, if any:
+/// only for rules with `form`, a request to a service whose entries use it,
+/// of content type `application/x-www-form-urlencoded`, with a body
+/// (`content-length` above 0 and within `limits.max_body_bytes`, or none
+/// given; the glue does not wait when the headers end the stream).
+/// Any other request is decided on its headers, where `form` does not match.
+pub fn body_wanted(rules: &Rules, request: &Request<'_>) -> Option<usize> {
+    if !rules.reads_form {
+        return None;
+    }
+    let form_type = request.header("content-type").is_some_and(|value| {
+        let media = value.split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    });
+    if !form_type {
+        return None;
+    }
+    let cap = usize::try_from(rules.limits.max_body_bytes).ok()?;
+    // Without a length (chunked, or HTTP/2) the body callbacks count.
+    if let Some(length) = request.header("content-length") {
+        let length: usize = std::str::from_utf8(length).ok()?.trim().parse().ok()?;
+        if length == 0 || length > cap {
+            return None;
+        }
+    }
+    let host = request.host();
+    let service = rules.host_index.find(
+        &rules.services,
+        host.as_deref().unwrap_or(""),
+        request.path(),
+        |index, service| service_headers_hold(index, service, request, &mut NoTrace),
+    )?;
+    rules
+        .services
+        .get(service)
+        .filter(|service| service.reads_form())
+        .map(|_| cap)
 }
 
 /// [`holds`], turned round by the condition's `invert`.

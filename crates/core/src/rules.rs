@@ -35,6 +35,9 @@ pub struct Rules {
     /// Some service is sticky on the source address: the plugin asks the host
     /// for it only then, since each property read crosses the wasm boundary.
     pub needs_source_ip: bool,
+    /// Some match entry has `form`: only then may a request wait for its
+    /// body.
+    pub reads_form: bool,
 }
 
 #[derive(Debug)]
@@ -164,6 +167,8 @@ pub struct MatchEntry {
     /// `path.invert`: the path condition holds when the match does not.
     pub path_invert: bool,
     pub query: Vec<NamedMatch>,
+    /// `form`: parameters of an `application/x-www-form-urlencoded` body.
+    pub form: Vec<NamedMatch>,
     /// Upper-case; compared case-insensitively.
     pub methods: Vec<String>,
     /// `not`: an entry that must not hold.
@@ -320,6 +325,24 @@ impl HostIndex {
         }
         consider(&self.any_host);
         best
+    }
+}
+
+impl MatchEntry {
+    /// Whether this entry, or an entry in its `not` chain, has `form`.
+    pub fn uses_form(&self) -> bool {
+        !self.form.is_empty() || self.not.as_ref().is_some_and(|inner| inner.uses_form())
+    }
+}
+
+impl Service {
+    /// Whether a match entry of its subsets or rules has `form`: its
+    /// requests may wait for their body.
+    pub fn reads_form(&self) -> bool {
+        let entries = self.subsets.iter().flat_map(|s| &s.matches);
+        entries
+            .chain(self.rules.iter().flat_map(|r| &r.matches))
+            .any(MatchEntry::uses_form)
     }
 }
 

@@ -31,6 +31,9 @@ pub struct Limits {
     /// Headers one subset's `set_headers` writes (each is a call into the
     /// gateway per request).
     pub set_headers: u64,
+    /// The most of a form body (`form` conditions) a request is held for;
+    /// past it, or with another content type, `form` does not match.
+    pub max_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             value_bytes: 4_096,
             in_values: 10_000,
             set_headers: 16,
+            max_body_bytes: 8_192,
         }
     }
 }
@@ -65,6 +69,9 @@ const SETTINGS: &[Setting] = &[
     ("value_bytes", 1 << 20, |l| &mut l.value_bytes),
     ("in_values", 1_000_000, |l| &mut l.in_values),
     ("set_headers", 256, |l| &mut l.set_headers),
+    // Below Envoy's 1 MiB per-connection buffer, with room for the last
+    // read: past that buffer Envoy answers 413 to a paused HTTP/1.1 body.
+    ("max_body_bytes", 512 << 10, |l| &mut l.max_body_bytes),
 ];
 
 impl Limits {

@@ -218,6 +218,7 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
     let needs_source_ip = services
         .iter()
         .any(|s| s.sticky == Some(StickyKey::SourceIp));
+    let reads_form = services.iter().any(Service::reads_form);
     let needs_clock = !base.lane_keys.is_empty() && services.iter().any(|s| s.affinity.is_some());
     Rules {
         cluster_header: base.cluster_header,
@@ -233,6 +234,7 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
         services,
         host_index,
         needs_source_ip,
+        reads_form,
     }
 }
 
