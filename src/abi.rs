@@ -62,6 +62,7 @@ pub enum MapType {
 /// The buffers it reads: a callout's answer, a gRPC message, its own
 /// configuration.
 pub enum BufferType {
+    HttpRequestBody = 0,
     HttpCallResponseBody = 4,
     GrpcReceiveBuffer = 5,
     PluginConfiguration = 7,
@@ -614,9 +615,21 @@ pub extern "C" fn proxy_on_queue_ready(root_context_id: u32, queue: u32) {
 pub extern "C" fn proxy_on_request_headers(
     context_id: u32,
     _headers: usize,
-    _end_of_stream: u32,
+    end_of_stream: u32,
 ) -> u32 {
-    crate::on_request_headers(context_id) as u32
+    crate::on_request_headers(context_id, end_of_stream != 0) as u32
+}
+
+/// A piece of the request body; `body_size` is all of it buffered so far.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    crate::on_request_body(context_id, body_size, end_of_stream != 0) as u32
+}
+
+/// Trailers end a body without the end-of-stream flag on it.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(context_id: u32, _trailers: usize) -> u32 {
+    crate::on_request_trailers(context_id) as u32
 }
 
 #[no_mangle]

@@ -40,6 +40,8 @@ struct RequestContext {
     root: Rc<Root>,
     /// Paused until a refresh it started is answered (APISIX mode).
     waiting: bool,
+    /// Paused for its form body, up to this many bytes (rules with `form`).
+    body_cap: Option<usize>,
 }
 
 /// Everything the VM keeps between callbacks. Each field is borrowed only
@@ -117,6 +119,7 @@ fn on_context_create(context_id: u32, parent_context_id: u32) {
                 RequestContext {
                     root,
                     waiting: false,
+                    body_cap: None,
                 },
             );
         }
@@ -143,7 +146,7 @@ fn on_queue_ready(root_context_id: u32, queue: u32) {
     }
 }
 
-fn on_request_headers(context_id: u32) -> Action {
+fn on_request_headers(context_id: u32, end_of_stream: bool) -> Action {
     let root = VM.with(|vm| {
         vm.active.set(context_id);
         vm.requests
@@ -152,11 +155,24 @@ fn on_request_headers(context_id: u32) -> Action {
             .map(|request| Rc::clone(&request.root))
     });
     let outcome = match root {
-        Some(root) => routing::on_request_headers(&root),
+        Some(root) => routing::on_request_headers(&root, end_of_stream),
         // A request of no root this VM knows: nothing to route it by.
-        None => routing::on_request_headers(&Root::new(0)),
+        None => routing::on_request_headers(&Root::new(0), end_of_stream),
     };
+    action_of(context_id, outcome)
+}
+
+/// What the host is told to do with the request after `outcome`.
+fn action_of(context_id: u32, outcome: Outcome) -> Action {
     match outcome {
+        Outcome::WaitForBody(cap) => {
+            VM.with(|vm| {
+                if let Some(request) = vm.requests.borrow_mut().get_mut(&context_id) {
+                    request.body_cap = Some(cap);
+                }
+            });
+            Action::Pause
+        }
         Outcome::Continue => Action::Continue,
         Outcome::Refused => Action::Pause,
         Outcome::WaitForRefresh => {
@@ -168,6 +184,46 @@ fn on_request_headers(context_id: u32) -> Action {
             Action::Pause
         }
     }
+}
+
+/// The request's body so far: buffered while the request waits for its form
+/// body, decided on at its end or once past the cap. Any other request, and
+/// the empty end-of-stream call HTTP/1.1 makes after the last bytes, go on.
+fn on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action {
+    let Some((root, cap)) = body_waiter(context_id) else {
+        return Action::Continue;
+    };
+    if body_size <= cap && !end_of_stream {
+        return Action::Pause;
+    }
+    finish_body(context_id, &root, cap)
+}
+
+/// Trailers end the body: decide on what came.
+fn on_request_trailers(context_id: u32) -> Action {
+    match body_waiter(context_id) {
+        Some((root, cap)) => finish_body(context_id, &root, cap),
+        None => Action::Continue,
+    }
+}
+
+/// The root and cap of a request waiting for its body.
+fn body_waiter(context_id: u32) -> Option<(Rc<Root>, usize)> {
+    VM.with(|vm| {
+        vm.active.set(context_id);
+        let requests = vm.requests.borrow();
+        let request = requests.get(&context_id)?;
+        Some((Rc::clone(&request.root), request.body_cap?))
+    })
+}
+
+fn finish_body(context_id: u32, root: &Root, cap: usize) -> Action {
+    VM.with(|vm| {
+        if let Some(request) = vm.requests.borrow_mut().get_mut(&context_id) {
+            request.body_cap = None;
+        }
+    });
+    action_of(context_id, routing::on_request_body_end(root, cap))
 }
 
 /// Most callouts remembered; past it the oldest is forgotten (a host that

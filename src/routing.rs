@@ -17,7 +17,7 @@ use graylane_core::decision::{decide, HeaderEdit};
 use graylane_core::request::{ip_of_socket_address, parse_header_map, HeaderPair, Request};
 use graylane_core::rules::Rules;
 
-use crate::abi::{self, HostBuffer, MapType, Status};
+use crate::abi::{self, BufferType, HostBuffer, MapType, Status};
 use crate::root::Root;
 
 /// APISIX's host hands the plugin the first 100 request headers (pseudo
@@ -29,13 +29,34 @@ pub const HOST_HEADER_CAP: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Continue,
-    /// Answered locally (503).
+    /// Answered locally: a 503 refusal, or the reply to an unclaimed
+    /// request of a service without a default.
     Refused,
     /// Routed; held until the refresh it started is answered (APISIX mode).
     WaitForRefresh,
+    /// Not routed yet: held for its form body, up to this many bytes.
+    WaitForBody(usize),
 }
 
-pub fn on_request_headers(root: &Root) -> Outcome {
+/// Where a request is decided: on its headers (`end_of_stream` when they
+/// end it), or at the end of the form body it was held for.
+#[derive(Clone, Copy)]
+enum Phase {
+    Headers { end_of_stream: bool },
+    BodyEnd { cap: usize },
+}
+
+pub fn on_request_headers(root: &Root, end_of_stream: bool) -> Outcome {
+    route(root, Phase::Headers { end_of_stream })
+}
+
+/// The form body is in (or past `cap`): decide with it, the headers read
+/// again. A header written here makes Envoy choose the route again.
+pub fn on_request_body_end(root: &Root, cap: usize) -> Outcome {
+    route(root, Phase::BodyEnd { cap })
+}
+
+fn route(root: &Root, phase: Phase) -> Outcome {
     let Some(compiled) = root.current() else {
         // The host refuses to run a filter whose on_configure failed, so this
         // is only reachable through a host bug. Refuse rather than forward a
@@ -64,11 +85,31 @@ pub fn on_request_headers(root: &Root) -> Outcome {
     } else {
         None
     };
-    let request = Request::new(&pairs).with_source_ip(
+    let mut request = Request::new(&pairs).with_source_ip(
         source_address
             .as_ref()
             .map(|address| ip_of_socket_address(address.bytes())),
     );
+    if rules.needs_clock {
+        request = request.with_now(now_s(root));
+    }
+    let body;
+    match phase {
+        Phase::Headers { end_of_stream } => {
+            if rules.reads_form && !end_of_stream && !root.apisix_mode() {
+                if let Some(cap) = graylane_core::decision::body_wanted(rules, &request) {
+                    return Outcome::WaitForBody(cap);
+                }
+            }
+        }
+        Phase::BodyEnd { cap } => {
+            // One byte past the cap tells a body over it: that one does not
+            // match `form`, and goes on as it came.
+            body = abi::buffer_bytes(BufferType::HttpRequestBody, cap.saturating_add(1)).ok();
+            let whole = body.as_ref().map(HostBuffer::bytes).filter(|bytes| bytes.len() <= cap);
+            request = request.with_form_body(whole);
+        }
+    }
 
     let mut sequence = root.sequence();
     let decision = decide(rules, &request, &mut sequence);
@@ -87,6 +128,8 @@ pub fn on_request_headers(root: &Root) -> Outcome {
     }
     if let (Some(service), Some(subset)) = (decision.service, decision.subset) {
         compiled.counts.record(service, subset);
+    } else if let Some(status) = decision.local_reply() {
+        return reply_unclaimed(status);
     }
     drop(compiled);
     // No ticks: the request that finds the rules due for a refresh fetches
@@ -96,6 +139,15 @@ pub fn on_request_headers(root: &Root) -> Outcome {
         return Outcome::WaitForRefresh;
     }
     Outcome::Continue
+}
+
+/// The clock for signed lane cookies, in seconds; none on APISIX's host,
+/// which has none (its cookies then carry no expiry).
+fn now_s(root: &Root) -> Option<u64> {
+    if root.apisix_mode() {
+        return None;
+    }
+    abi::current_time_ns().ok().map(|nanos| nanos / 1_000_000_000)
 }
 
 /// Envoy's `source.address`; APISIX's host looks a property up as one nginx
@@ -160,6 +212,16 @@ pub fn needed<'e, 'r>(edits: &'e [HeaderEdit<'r>]) -> impl Iterator<Item = &'e H
             .any(|other| other.value().is_some() && other.name() == *name),
         HeaderEdit::Set(..) | HeaderEdit::SetOwned(..) => true,
     })
+}
+
+/// The reply to a request its service has no subset for (a service without
+/// a default).
+fn reply_unclaimed(status: u16) -> Outcome {
+    let no_headers = graylane_core::request::serialise_header_map(&[]).unwrap_or_default();
+    if let Err(host) = abi::send_local_response(u32::from(status), b"", &no_headers) {
+        return refuse_status(&format!("cannot answer {status} to an unclaimed request"), host);
+    }
+    Outcome::Refused
 }
 
 fn refuse_status(what: &str, status: Status) -> Outcome {

@@ -69,6 +69,8 @@ struct Host {
     request: Headers,
     call_headers: Headers,
     call_body: Vec<u8>,
+    /// The request body buffered so far (buffer type 0).
+    request_body: Vec<u8>,
     properties: BTreeMap<Vec<u8>, Vec<u8>>,
     shared: BTreeMap<Vec<u8>, (Vec<u8>, u32)>,
     next_cas: u32,
@@ -331,6 +333,7 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          -> wasmtime::Result<i32> {
             fail!(caller, "proxy_get_buffer_bytes");
             let bytes = match buffer {
+                0 => caller.data().request_body.clone(),
                 4 => caller.data().call_body.clone(),
                 5 => caller.data().grpc_message.clone(),
                 7 => caller.data().configuration.clone(),
@@ -356,7 +359,13 @@ fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          -> wasmtime::Result<i32> {
             fail!(caller, "proxy_send_local_response");
             let headers = parse(&read(&mut caller, headers, headers_len)?);
-            assert_eq!(headers, [(b"x-graylane-error".to_vec(), b"1".to_vec())]);
+            // A refusal says so; the reply to an unclaimed request (a
+            // service without a default) carries no header.
+            if status == 503 {
+                assert_eq!(headers, [(b"x-graylane-error".to_vec(), b"1".to_vec())]);
+            } else {
+                assert!(headers.is_empty(), "{headers:?}");
+            }
             caller.data_mut().local_replies.push(status as u32);
             Ok(OK)
         },
@@ -774,6 +783,26 @@ impl Plugin {
         self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_headers", (id, count, 1))
     }
 
+    /// A request whose headers do not end the stream, then its body in
+    /// `pieces` (the last with end of stream): each callback's answer.
+    fn request_with_body(&mut self, id: i32, headers: &[(&str, &str)], pieces: &[&str]) -> Vec<i32> {
+        self.host().request = headers
+            .iter()
+            .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+            .collect();
+        self.host().request_body.clear();
+        self.call_on::<(i32, i32), ()>(id, "proxy_on_context_create", (id, ROOT));
+        let count = headers.len() as i32;
+        let mut answers = vec![self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_headers", (id, count, 0))];
+        for (position, piece) in pieces.iter().enumerate() {
+            self.host().request_body.extend_from_slice(piece.as_bytes());
+            let size = self.host().request_body.len() as i32;
+            let end = i32::from(position + 1 == pieces.len());
+            answers.push(self.call_on::<(i32, i32, i32), i32>(id, "proxy_on_request_body", (id, size, end)));
+        }
+        answers
+    }
+
     fn close(&mut self, id: i32) {
         assert_eq!(self.call_on::<i32, i32>(id, "proxy_on_done", id), 1);
         self.call_on::<i32, ()>(id, "proxy_on_delete", id);
@@ -866,6 +895,8 @@ fn the_module_exports_the_callbacks_it_needs_and_imports_only_known_calls() {
         "proxy_on_context_create",
         "proxy_on_configure",
         "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_request_trailers",
         "proxy_on_http_call_response",
         "proxy_on_grpc_receive",
         "proxy_on_grpc_close",
@@ -959,6 +990,100 @@ fn a_routed_request_costs_one_map_read_and_one_cluster_write() {
     assert_eq!(plugin.take_calls(), [PAIRS]);
     plugin.close(7);
     assert!(plugin.host().local_replies.is_empty());
+}
+
+#[test]
+fn an_unclaimed_request_of_a_service_without_default_is_answered_with_one_call() {
+    let mut document = rules();
+    document["services"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("default");
+    document["services"][0]["unclaimed_status"] = json!(418);
+    let mut plugin = Plugin::start(Host::default());
+    assert!(plugin.configure(&document));
+    plugin.take_calls();
+    // Claimed by a match: routed as with a default.
+    assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
+    assert_eq!(plugin.take_calls(), [PAIRS, REPLACE, REPLACE]);
+    plugin.close(2);
+    // Unclaimed: the map read and the reply, paused (1), nothing written.
+    assert_eq!(plugin.request(3, &get("b.test")), 1);
+    assert_eq!(plugin.take_calls(), [PAIRS, "proxy_send_local_response"]);
+    assert_eq!(plugin.host().local_replies, [418]);
+    plugin.close(3);
+    // With a cluster header: removed first, then the reply.
+    assert_eq!(plugin.request(4, &with(get("b.test"), &[(CLUSTER, "b-canary")])), 1);
+    assert_eq!(plugin.take_calls(), [PAIRS, REMOVE, "proxy_send_local_response"]);
+    assert!(plugin.host().values(CLUSTER).is_empty());
+    assert_eq!(plugin.host().local_replies, [418, 418]);
+}
+
+#[test]
+fn the_clock_is_read_per_request_only_for_signed_lane_cookies_and_never_in_apisix_mode() {
+    let mut document = rules();
+    document["lane_keys"] = json!(["0123456789abcdef"]);
+    document["services"][0]["subsets"][1]["affinity"] = json!(true);
+    for (apisix_mode, clock) in [(false, true), (true, false)] {
+        document["apisix_mode"] = json!(apisix_mode);
+        let mut plugin = Plugin::start(Host::default());
+        assert!(plugin.configure(&document));
+        plugin.take_calls();
+        assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
+        let mut expected = vec![PAIRS];
+        if clock {
+            expected.push("proxy_get_current_time_nanoseconds");
+        }
+        // The cluster, the tag and the lane cookie in the pin header.
+        expected.extend([REPLACE, REPLACE, REPLACE]);
+        assert_eq!(plugin.take_calls(), expected, "apisix_mode {apisix_mode}");
+        assert!(plugin.host().values("x-graylane-pin-cookie")[0].starts_with("graylane_lane=canary."));
+    }
+    // Unsigned cookies need no clock.
+    document["services"][0]["subsets"][1]["affinity"] = json!(true);
+    document.as_object_mut().unwrap().remove("lane_keys");
+    document["apisix_mode"] = json!(false);
+    let mut plugin = Plugin::start(Host::default());
+    assert!(plugin.configure(&document));
+    plugin.take_calls();
+    assert_eq!(plugin.request(2, &with(get("b.test"), &[("x-canary", "1")])), 0);
+    assert_eq!(plugin.take_calls(), [PAIRS, REPLACE, REPLACE, REPLACE]);
+    assert_eq!(plugin.host().values("x-graylane-pin-cookie"), ["graylane_lane=canary; Max-Age=86400; Path=/; Secure; HttpOnly; SameSite=Lax"]);
+}
+
+#[test]
+fn only_a_form_post_to_a_service_with_form_waits_for_its_body() {
+    let mut document = rules();
+    document["limits"] = json!({"max_body_bytes": 16});
+    document["services"][0]["subsets"][1]["match"] = json!([{"form": [{"name": "u", "exact": "1"}]}]);
+    let mut plugin = Plugin::start(Host::default());
+    assert!(plugin.configure(&document));
+    plugin.take_calls();
+    let form_post = |host: &'static str| {
+        vec![(":method", "POST"), (":path", "/"), (":authority", host),
+             ("content-type", "application/x-www-form-urlencoded")]
+    };
+    // Held (1) through the first piece, decided at the end of the body:
+    // the map read again, the body read, the cluster and tag written; the
+    // empty end-of-stream call HTTP/1.1 makes after that goes on.
+    assert_eq!(plugin.request_with_body(2, &form_post("b.test"), &["a=0&", "u=1"]), [1, 1, 0]);
+    assert_eq!(plugin.take_calls(), [PAIRS, PAIRS, "proxy_get_buffer_bytes", REPLACE, REPLACE]);
+    assert_eq!(plugin.host().values(CLUSTER), ["b-canary"]);
+    let late: i32 = plugin.call_on(2, "proxy_on_request_body", (2, 7, 1));
+    assert_eq!((late, plugin.take_calls().len()), (0, 0));
+    plugin.close(2);
+    // Past the cap: decided without the body as soon as it is over.
+    assert_eq!(plugin.request_with_body(3, &form_post("b.test"), &["u=1&padding=xxxxxxxxxxx", "more"]), [1, 0, 0]);
+    assert_eq!(plugin.host().values(CLUSTER), ["b-stable"]);
+    plugin.close(3);
+    // Not held: JSON, a GET, another service, a known length over the cap.
+    let json_post = with(get("b.test"), &[(":method", "POST"), ("content-type", "application/json")]);
+    let too_long = with(form_post("b.test"), &[("content-length", "17")]);
+    for (id, headers) in [(4, json_post), (5, get("b.test")), (6, form_post("other.test")), (7, too_long)] {
+        let answers = plugin.request_with_body(id, &headers, &["u=1"]);
+        assert_eq!(answers, [0, 0], "request {id}");
+        plugin.close(id);
+    }
 }
 
 #[test]

@@ -1191,3 +1191,130 @@ fn lanes_travel_in_w3c_baggage() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A canary with no mainline (issue 19, item 7): what no match, tag or
+/// weight claims is answered by the gateway itself, and reaches no backend.
+#[test]
+fn a_service_without_default_answers_what_nothing_claims() {
+    let document = json!({"trust_tag": true, "services": [
+        {"name": "nd", "hosts": ["nd.test"], "sticky": {"header": "userid"},
+         "subsets": [
+            {"name": "canary", "cluster": "nd-canary", "weight": 50,
+             "match": [{"headers": [{"name": "x-canary", "exact": "always"}]}]},
+            {"name": "beta", "cluster": "nd-beta", "set_headers": {"x-lane": "beta"}}
+         ]},
+        {"name": "teapot", "hosts": ["tea.test"], "unclaimed_status": 418,
+         "subsets": [{"name": "v2", "cluster": "tea-v2",
+                      "match": [{"headers": [{"name": "x-v2", "present": true}]}]}]}
+    ]});
+    let gateway = Gateway::start("no-default", &document);
+    let reached = || -> usize { gateway.backends.values().map(EchoBackend::requests).sum() };
+    let mut client = gateway.client();
+    let nd = |userid: &str| Request::get("/").host("nd.test").header("userid", userid);
+
+    let echo = client.send(&nd("u").header("x-canary", "always")).echo();
+    assert_eq!(echo.backend, "nd-canary");
+    let echo = client.send(&nd("u").header("x-gray-tag", "beta")).echo();
+    assert_eq!((echo.backend.as_str(), echo.header("x-lane")), ("nd-beta", Some("beta")));
+
+    // Unclaimed: answered on the same keep-alive connection, no backend sees it,
+    // not even the one a spoofed cluster header names.
+    let rules = graylane_core::config::compile(document.to_string().as_bytes()).unwrap();
+    let reply_for = |userid: &str| {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":authority", b"nd.test"),
+            (b":method", b"GET"),
+            (b":path", b"/"),
+            (b"userid", userid.as_bytes()),
+        ];
+        decide(&rules, &NativeRequest::new(&pairs), &mut WeylSequence::new(1)).local_reply()
+    };
+    let outside = (0..)
+        .map(|user| format!("user-{user}"))
+        .find(|userid| reply_for(userid).is_some())
+        .unwrap();
+    let before = reached();
+    let answer = client.send(&nd(&outside).header("x-canary", "never"));
+    assert_eq!(answer.status, 404, "{:?}", answer.text());
+    let answer = client.send(&nd(&outside).header("x-graylane-cluster", "nd-canary"));
+    assert_eq!(answer.status, 404);
+    let answer = client.send(&Request::get("/").host("tea.test").header("x-graylane-cluster", "tea-v2"));
+    assert_eq!(answer.status, 418);
+    assert_eq!(reached(), before, "an unclaimed request reached a backend");
+    let echo = client.send(&Request::get("/").host("tea.test").header("x-v2", "1")).echo();
+    assert_eq!(echo.backend, "tea-v2");
+    let echo = client.send(&Request::get("/").host("elsewhere.test")).echo();
+    assert_eq!(echo.backend, FALLBACK_CLUSTER);
+
+    // The sticky split between the canary and the reply: every user where
+    // the library puts them, about half answered 404.
+    let mut answered = 0;
+    for user in 0..400 {
+        let userid = format!("user-{user}");
+        let response = client.send(&nd(&userid));
+        match reply_for(&userid) {
+            Some(status) => {
+                answered += 1;
+                assert_eq!(response.status, status, "{userid}");
+            }
+            None => assert_eq!(response.echo().backend, "nd-canary", "{userid}"),
+        }
+    }
+    assert!((160..=240).contains(&answered), "{answered} of 400 users answered 404");
+    gateway.envoy.assert_no_wasm_errors();
+}
+
+/// Form bodies (issue 19, item 4): a POST of
+/// `application/x-www-form-urlencoded` waits for its body, and the route
+/// follows the cluster chosen after it; the body reaches the upstream byte
+/// for byte; other requests, a body past `limits.max_body_bytes` and another
+/// content type are decided on their headers, where `form` does not match.
+#[test]
+fn a_form_body_parameter_chooses_the_cluster_after_the_body() {
+    let document = json!({
+        "limits": {"max_body_bytes": 64},
+        "services": [{
+            "name": "f", "hosts": ["f.test"], "default": "stable",
+            "subsets": [
+                {"name": "stable", "cluster": "f-stable"},
+                {"name": "canary", "cluster": "f-canary",
+                 "match": [{"form": [{"name": "user id", "exact": "a&b c"}]}]}
+            ]
+        }, {
+            "name": "plain", "hosts": ["p.test"], "default": "stable",
+            "subsets": [{"name": "stable", "cluster": "p-stable"}]
+        }]
+    });
+    let gateway = Gateway::start("form", &document);
+    let mut client = gateway.client();
+    let form = "application/x-www-form-urlencoded";
+    let post = |host: &str, content_type: &str, body: &str| {
+        Request::new("POST", "/submit")
+            .host(host)
+            .header("content-type", content_type)
+            .body(body.as_bytes())
+    };
+    let cases: Vec<(&str, Request, &str, String)> = vec![
+        ("form match", post("f.test", form, "x=1&user+id=a%26b+c&y=%E2%9C%93"), "f-canary", "x=1&user+id=a%26b+c&y=%E2%9C%93".into()),
+        ("form with charset", post("f.test", "Application/X-WWW-Form-Urlencoded; charset=utf-8", "user%20id=a%26b%20c"), "f-canary", "user%20id=a%26b%20c".into()),
+        ("form, other value", post("f.test", form, "user+id=a"), "f-stable", "user+id=a".into()),
+        ("JSON with the same text", post("f.test", "application/json", "user+id=a%26b+c"), "f-stable", "user+id=a%26b+c".into()),
+        ("over max_body_bytes", post("f.test", form, &format!("user+id=a%26b+c&pad={}", "p".repeat(80))), "f-stable",
+            format!("user+id=a%26b+c&pad={}", "p".repeat(80))),
+        ("chunked within the cap", post("f.test", form, "7\r\nuser+id\r\n9\r\n=a%26b+c&\r\n0\r\n\r\n").header("transfer-encoding", "chunked"),
+            "f-canary", "user+id=a%26b+c&".into()),
+        ("chunked past the cap", post("f.test", form, &format!("10\r\nuser+id=a%26b+c&\r\n50\r\n{}\r\n0\r\n\r\n", "q".repeat(80)))
+            .header("transfer-encoding", "chunked"), "f-stable", format!("user+id=a%26b+c&{}", "q".repeat(80))),
+        ("spoofed cluster on a form request", post("f.test", form, "user+id=a").header("x-graylane-cluster", "f-canary"), "f-stable", "user+id=a".into()),
+        ("a service without form", post("p.test", form, "user+id=a%26b+c"), "p-stable", "user+id=a%26b+c".into()),
+    ];
+    for (what, request, backend, body) in cases {
+        let echo = client.send(&request).echo();
+        assert_eq!(echo.backend, backend, "{what}");
+        assert_eq!(echo.body, body, "{what}: the body changed on its way");
+        assert_eq!(echo.header("x-graylane-cluster"), Some(backend), "{what}");
+    }
+    let echo = client.send(&Request::get("/?user+id=a%26b+c").host("f.test")).echo();
+    assert_eq!(echo.backend, "f-stable");
+    gateway.envoy.assert_no_wasm_errors();
+}

@@ -4,7 +4,8 @@
 //!   to the default subset instead of failing, and it takes its share again
 //!   when the backend returns;
 //! - mirroring (`subsets[].mirror`);
-//! - pin cookies (`services[].pin_cookie`).
+//! - pin cookies (`services[].pin_cookie`);
+//! - lane affinity cookies (`subsets[].affinity`), signed at an edge.
 
 #![allow(
     clippy::unwrap_used,
@@ -223,4 +224,99 @@ fn a_pinned_browser_stays_in_its_bucket() {
     let spoofed = client.send(&Request::get("/").header("cookie", "gl_pin=10").header("x-graylane-pin-cookie", "admin=1"));
     assert_eq!(spoofed.header("set-cookie"), None);
     assert!(pinned.len() == 2, "both versions got browsers: {pinned:?}");
+}
+
+/// A document with a canary reached by a header, whose lane sticks by a
+/// cookie; `keys` signs it (an edge: tags not trusted).
+fn affinity_document(keys: &[&str]) -> serde_json::Value {
+    let mut document = json!({"trust_tag": keys.is_empty(), "services": [{
+        "name": "shop", "default": "stable",
+        "lane_cookie": {"name": "gl_lane", "max_age_s": 3600, "secure": false},
+        "subsets": [
+            {"name": "stable", "cluster": "shop-stable"},
+            {"name": "canary", "cluster": "shop-canary", "affinity": true,
+             "match": [{"headers": [{"name": "x-canary", "exact": "always"}]}]}
+        ]
+    }]});
+    if !keys.is_empty() {
+        document["lane_keys"] = json!(keys);
+    }
+    document
+}
+
+/// The `name=value` of a `set-cookie`.
+fn cookie_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// Lane affinity (`subsets[].affinity`): a request the header sent to the
+/// canary is answered with a lane cookie, and the browser's later requests
+/// carrying it go to the canary without the header. At an edge the cookie
+/// is signed: a forged, altered, foreign or expired cookie is ignored, and a
+/// gateway whose keys were rotated (new first, old kept) honours the old one.
+#[test]
+fn a_lane_cookie_keeps_a_browser_in_the_lane_a_header_chose() {
+    const OLD: &str = "graylane-test-key-old";
+    const NEW: &str = "graylane-test-key-new";
+    let edge_document = affinity_document(&[OLD]);
+    let edge = Gateway::start("affinity-edge", &edge_document);
+    let rotated = Gateway::start("affinity-rotated", &affinity_document(&[NEW, OLD]));
+    let mut client = edge.client();
+
+    let first = client.send(&Request::get("/").header("x-canary", "always"));
+    assert_eq!(first.backend(), "shop-canary");
+    let set_cookie = first.header("set-cookie").expect("a lane cookie");
+    assert!(set_cookie.starts_with("gl_lane=canary."), "{set_cookie}");
+    assert!(set_cookie.ends_with("; Max-Age=3600; Path=/; HttpOnly; SameSite=Lax"), "{set_cookie}");
+    let cookie = cookie_of(&set_cookie);
+    for _ in 0..5 {
+        let again = client.send(&Request::get("/").header("cookie", &format!("a=1; {cookie}")));
+        assert_eq!(again.backend(), "shop-canary", "the cookie did not hold the lane");
+        assert_eq!(again.header("set-cookie"), None, "the cookie routed it: not set again");
+        assert_eq!(again.echo().header("x-gray-tag"), Some("canary"));
+    }
+    let plain = client.send(&Request::get("/"));
+    assert_eq!((plain.backend(), plain.header("set-cookie")), ("shop-stable".to_string(), None));
+
+    // Signed elsewhere, expired, altered or bare: each goes to the default.
+    let rules = graylane_core::config::compile(edge_document.to_string().as_bytes()).unwrap();
+    let lane = rules.services[0].affinity.as_ref().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expired = cookie_of(&lane.set_cookie("shop", "canary", Some(now - 7_200)));
+    let fresh = cookie_of(&lane.set_cookie("shop", "canary", Some(now)));
+    let foreign = cookie_of(&lane.set_cookie("other-service", "canary", Some(now)));
+    let (head, signature) = fresh.rsplit_once('.').unwrap();
+    let flipped = format!("{head}.{}{}", if signature.starts_with('0') { '1' } else { '0' }, &signature[1..]);
+    assert_eq!(client.send(&Request::get("/").header("cookie", &fresh)).backend(), "shop-canary");
+    for forged in [expired, foreign, flipped, "gl_lane=canary".to_string()] {
+        let response = client.send(&Request::get("/").header("cookie", &forged));
+        assert_eq!(response.backend(), "shop-stable", "{forged} was honoured");
+        assert_eq!(response.echo().header("x-gray-tag"), None);
+    }
+    // The edge strips a client's tag: only the signed cookie picks a lane.
+    let tagged = client.send(&Request::get("/").header("x-gray-tag", "canary"));
+    assert_eq!(tagged.backend(), "shop-stable");
+
+    // Rotation: the old key's cookie still holds; new cookies use the new key.
+    let mut rotated_client = rotated.client();
+    let carried = rotated_client.send(&Request::get("/").header("cookie", &cookie));
+    assert_eq!(carried.backend(), "shop-canary");
+    let renewed = rotated_client.send(&Request::get("/").header("x-canary", "always"));
+    let renewed = cookie_of(&renewed.header("set-cookie").unwrap());
+    assert_ne!(client.send(&Request::get("/").header("cookie", &renewed)).backend(), "shop-canary",
+        "the edge without the new key honoured a cookie signed with it");
+    assert_eq!(rotated_client.send(&Request::get("/").header("cookie", &renewed)).backend(), "shop-canary");
+
+    // Behind a trusted hop, without keys: the tag sets the cookie, and the
+    // bare lane is the cookie.
+    let inner = Gateway::start("affinity-inner", &affinity_document(&[]));
+    let mut inner_client = inner.client();
+    let tagged = inner_client.send(&Request::get("/").header("x-gray-tag", "canary"));
+    assert_eq!(tagged.backend(), "shop-canary");
+    let cookie = cookie_of(&tagged.header("set-cookie").unwrap());
+    assert_eq!(cookie, "gl_lane=canary");
+    assert_eq!(inner_client.send(&Request::get("/").header("cookie", &cookie)).backend(), "shop-canary");
+    for gateway in [&edge, &rotated, &inner] {
+        gateway.envoy.assert_no_wasm_errors();
+    }
 }

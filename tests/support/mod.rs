@@ -309,8 +309,16 @@ fn serve_echo(stream: TcpStream, name: &str, requests: &AtomicUsize) -> io::Resu
                 _ => {}
             }
         }
-        let mut body = vec![0; content_length];
-        reader.read_exact(&mut body)?;
+        let chunked = headers
+            .iter()
+            .any(|(header, value)| header == "transfer-encoding" && value.eq_ignore_ascii_case(b"chunked"));
+        let received = if chunked {
+            read_chunked(&mut reader)?
+        } else {
+            let mut body = vec![0; content_length];
+            reader.read_exact(&mut body)?;
+            body
+        };
         requests.fetch_add(1, Ordering::Relaxed);
 
         let echoed: Vec<Value> = headers
@@ -322,6 +330,7 @@ fn serve_echo(stream: TcpStream, name: &str, requests: &AtomicUsize) -> io::Resu
             "method": method,
             "path": path,
             "headers": echoed,
+            "body": String::from_utf8_lossy(&received),
         })
         .to_string();
         let body = if method == "HEAD" {
@@ -340,6 +349,31 @@ fn serve_echo(stream: TcpStream, name: &str, requests: &AtomicUsize) -> io::Resu
             let _ = writer.shutdown(Shutdown::Both);
             return Ok(());
         }
+    }
+}
+
+/// A chunked body, decoded (trailers skipped).
+fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let size = line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("chunk size {line:?}")))?;
+        if size == 0 {
+            // Trailers, up to the blank line.
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer)? == 0 || trailer.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        chunk.truncate(size);
+        body.extend_from_slice(&chunk);
     }
 }
 
@@ -385,6 +419,8 @@ pub struct Echo {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The request body the upstream received (lossy UTF-8).
+    pub body: String,
 }
 
 impl Echo {
@@ -496,7 +532,10 @@ impl EnvoyConfig {
         bootstrap.fallbacks = self.fallbacks.clone();
         // As `graylane envoy` does: the cookie copy only for rules that pin,
         // the mirror policy only for rules that mirror.
-        bootstrap.pin_header = self.header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie");
+        // Lane cookies (affinity) travel as pin cookies do.
+        bootstrap.pin_header = self
+            .header_if_used("pin_cookie", "pin_header", "x-graylane-pin-cookie")
+            .or_else(|| self.header_if_used("affinity", "pin_header", "x-graylane-pin-cookie"));
         bootstrap.mirror_header = self.header_if_used("mirror", "mirror_header", "x-graylane-mirror");
         // As `graylane envoy` does: HTTP/2 to a source read over gRPC.
         let grpc_cluster = graylane_core::source::configure(self.plugin_json.as_bytes())
@@ -504,6 +543,9 @@ impl EnvoyConfig {
             .and_then(|(_, extensions)| extensions.source)
             .filter(|source| source.uses_grpc())
             .map(|source| source.cluster);
+        // As `graylane envoy` does for rules with form conditions.
+        bootstrap.reads_body = graylane_core::config::compile(self.plugin_json.as_bytes())
+            .is_ok_and(|rules| rules.reads_form);
         bootstrap.clusters = self
             .clusters
             .iter()
@@ -1104,6 +1146,9 @@ pub struct Request {
     pub target: Vec<u8>,
     /// Sent in this order, repeated names as they are.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Sent as it is after the head, with its `content-length` unless a
+    /// `transfer-encoding` header says how it is framed.
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -1112,6 +1157,7 @@ impl Request {
             method: method.to_string(),
             target: target.as_bytes().to_vec(),
             headers: Vec::new(),
+            body: Vec::new(),
         }
     }
 
@@ -1127,6 +1173,13 @@ impl Request {
     /// Adds a header; calling it twice with one name sends the header twice.
     pub fn header(self, name: &str, value: &str) -> Request {
         self.header_bytes(name.as_bytes(), value.as_bytes())
+    }
+
+    /// The body (as framed: give `transfer-encoding: chunked` and chunks
+    /// for a chunked one).
+    pub fn body(mut self, body: &[u8]) -> Request {
+        self.body = body.to_vec();
+        self
     }
 
     /// Adds a header with arbitrary bytes (not UTF-8, say).
@@ -1154,10 +1207,15 @@ impl Request {
             bytes.extend_from_slice(value);
             bytes.extend_from_slice(b"\r\n");
         }
-        if matches!(self.method.as_str(), "POST" | "PUT" | "PATCH") {
-            bytes.extend_from_slice(b"content-length: 0\r\n");
+        let framed = self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding"));
+        if !framed && (!self.body.is_empty() || matches!(self.method.as_str(), "POST" | "PUT" | "PATCH")) {
+            bytes.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
         }
         bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(&self.body);
         bytes
     }
 }
@@ -1216,6 +1274,7 @@ impl Response {
                         .collect()
                 })
                 .unwrap_or_default(),
+            body: text(&body["body"]),
         }
     }
 }

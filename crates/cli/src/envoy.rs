@@ -101,6 +101,11 @@ pub struct Bootstrap {
     /// The rules pin browsers (`pin_cookie`): the request header the plugin
     /// puts the cookie in, copied into the response as `set-cookie`.
     pub pin_header: Option<String>,
+    /// The rules route on form bodies (`form`): the wasm filter may pause a
+    /// request in its headers callback until the body is in
+    /// (`allow_on_headers_stop_iteration`; without it Envoy never calls the
+    /// body callback of a request paused there).
+    pub reads_body: bool,
 }
 
 /// A subset cluster and the default cluster its traffic goes to while the
@@ -138,6 +143,7 @@ impl Bootstrap {
             fallbacks: Vec::new(),
             mirror_header: None,
             pin_header: None,
+            reads_body: false,
         }
     }
 
@@ -227,6 +233,12 @@ impl Bootstrap {
                 }
             }
         });
+        let mut wasm_filter = wasm_filter;
+        if self.reads_body {
+            if let Some(config) = wasm_filter.pointer_mut("/typed_config/config").and_then(Value::as_object_mut) {
+                config.insert("allow_on_headers_stop_iteration".into(), json!(true));
+            }
+        }
         let manager = json!({
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
@@ -359,7 +371,8 @@ const COMMENTS: &[(&str, &str)] = &[
     (
         "response_headers_to_add:",
         "A pin cookie (pin_cookie): the bucket the plugin drew for a browser without\n\
-         a sticky key, set on the response; nothing when no pin was drawn.",
+         a sticky key, or a lane cookie (subsets[].affinity): the lane a tag or match\n\
+         chose; set on the response, nothing when the plugin wrote none.",
     ),
     (
         "request_mirror_policies:",

@@ -111,6 +111,7 @@ pub fn describe_entry(entry: &MatchEntry) -> Vec<String> {
     }
     conditions.extend(describe_path(entry));
     conditions.extend(named("query", &entry.query));
+    conditions.extend(named("form", &entry.form));
     if !entry.methods.is_empty() {
         conditions.push(format!("method {}", entry.methods.join(" or ")));
     }
@@ -131,7 +132,7 @@ pub fn describe_rules(service: &Service) -> String {
             .collect();
         let _ = writeln!(out, "    headers: {}", held.join(" and "));
     }
-    let name = |index: usize| service.subsets.get(index).map_or("?", |s| s.name.as_str());
+    let name = |index: usize| service.subsets.get(index).map_or(UNCLAIMED, |s| s.name.as_str());
     for (position, rule) in service.rules.iter().enumerate() {
         let mut split: Vec<String> = rule
             .split
@@ -187,8 +188,13 @@ fn describe_condition(entry: &MatchEntry, failed: Condition) -> String {
         Condition::Header(at) => named("header", &entry.headers, at),
         Condition::Cookie(at) => named("cookie", &entry.cookies, at),
         Condition::Query(at) => named("query", &entry.query, at),
+        Condition::Form(at) => named("form", &entry.form, at),
     }
 }
+
+/// The owner of the buckets and requests a service without a default
+/// leaves unclaimed (the index past its subsets).
+const UNCLAIMED: &str = "(unclaimed)";
 
 /// Most entries a report lists as tried and failed.
 const MAX_TRIED_SHOWN: usize = 12;
@@ -198,7 +204,10 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     let mut sequence = WeylSequence::new(0);
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
+    let request = Request::new(&pairs)
+        .with_source_ip(spec.source_ip_bytes())
+        .with_now(super::request::clock(rules));
+    let request = super::request::with_body(rules, request, spec);
     let mut recorded = Recorded::default();
     let decision = decide_traced(rules, &request, &mut sequence, &mut recorded);
 
@@ -291,16 +300,22 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
         let subset_name = service
             .subsets
             .get(subset_index)
-            .map_or("?", |s| s.name.as_str());
+            .map_or(UNCLAIMED, |s| s.name.as_str());
         let default_note = if subset_index == service.default {
             ", the default"
         } else {
             ""
         };
-        line(
-            "subset",
-            &format!("{subset_name} ({service_path}.subsets[{subset_index}]{default_note})"),
-        );
+        match decision.local_reply() {
+            Some(status) => {
+                line("subset", &format!("none: {service_path} has no default"));
+                line("reply", &format!("{status}, answered by the gateway itself (unclaimed_status)"));
+            }
+            None => line(
+                "subset",
+                &format!("{subset_name} ({service_path}.subsets[{subset_index}]{default_note})"),
+            ),
+        }
         line("cluster", decision.cluster.unwrap_or("none"));
         for (position, header) in headers.iter().enumerate() {
             line(if position == 0 { "headers" } else { "" }, header);
@@ -350,7 +365,7 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
                 "{} of the {} requests the other subsets serve are copied to {} (cluster {}), whose answers are dropped; {this_one}",
                 percent(mirror.share),
                 mirror.methods.join(", "),
-                target.map_or("?", |s| s.name.as_str()),
+                target.map_or(UNCLAIMED, |s| s.name.as_str()),
                 target.map_or("?", |s| s.cluster.as_str()),
             ),
         );
@@ -362,11 +377,11 @@ pub fn explain(rules: &Rules, spec: &RequestSpec) -> String {
     };
     if !split_table.is_empty() {
         for (position, (first, last, subset)) in service.layout_of(rule).into_iter().enumerate() {
-            let name = service.subsets.get(subset).map_or("?", |s| s.name.as_str());
-            let default_note = if subset == service.default {
-                " (default: the rest)"
-            } else {
-                ""
+            let name = service.subsets.get(subset).map_or(UNCLAIMED, |s| s.name.as_str());
+            let default_note = match (subset == service.default, service.unclaimed_status) {
+                (true, Some(status)) => format!(" (no default: the rest is answered {status})"),
+                (true, None) => " (default: the rest)".to_string(),
+                (false, _) => String::new(),
             };
             line(
                 if position == 0 { "buckets" } else { "" },
@@ -403,8 +418,12 @@ fn did_not_hold<'s>(
 
 /// The rule that decided, when one did.
 fn rule_of(decision: &Decision<'_>) -> Option<usize> {
-    match decision.reason {
-        Reason::Rule { rule, .. } => Some(rule),
+    match &decision.reason {
+        Reason::Rule { rule, .. } => Some(*rule),
+        Reason::Unclaimed { after, .. } => match **after {
+            Reason::Rule { rule, .. } => Some(rule),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -457,8 +476,15 @@ fn reasons(
     }
     let subset_index = decision.subset.unwrap_or(service.default);
     let subset = service.subsets.get(subset_index);
-    let subset_name = subset.map_or("?", |s| s.name.as_str());
-    match &decision.reason {
+    let subset_name = subset.map_or(UNCLAIMED, |s| s.name.as_str());
+    let mut reason = &decision.reason;
+    if let Reason::Unclaimed { status, after } = reason {
+        why.push(format!(
+            "unclaimed: {service_path} has no default, so what nothing claims is answered {status} by the gateway (unclaimed_status)"
+        ));
+        reason = after;
+    }
+    match reason {
         Reason::NoService => {}
         Reason::Tag => why.push(format!(
             "tag: the request's {tag_header} is {:?}, the tag of subset {subset_name}",
@@ -512,6 +538,14 @@ fn reasons(
         Reason::Default { bucket: None, .. } => why.push(format!(
             "default: no tag, no match entry, and no subset has a weight, so {subset_name} takes it"
         )),
+        Reason::Unclaimed { .. } => {}
+        Reason::Affinity => {
+            let cookie = service.affinity.as_ref().map_or("", |lane| lane.cookie.name.as_str());
+            let signed = if rules.lane_keys.is_empty() { "" } else { ", signed by a lane key and not expired" };
+            why.push(format!(
+                "affinity: the request's lane cookie {cookie}{signed} names {subset_name}, which has affinity: routed as if it carried the tag"
+            ));
+        }
     }
     why
 }
@@ -583,18 +617,32 @@ pub fn outcomes(
 ) -> Vec<Outcome> {
     let shares = service.shares_of(rule);
     let mut found: Vec<Option<Outcome>> = service.subsets.iter().map(|_| None).collect();
+    let mut unclaimed = None;
     let mut sequence = WeylSequence::new(0);
     // The sequence visits every bucket within a few tens of thousands of
     // draws; the bound only guards against a subset that cannot be reached.
     for _ in 0..(BUCKETS * 20) {
-        if found
-            .iter()
-            .zip(&shares)
-            .all(|(outcome, share)| outcome.is_some() || *share == 0)
+        let rest_seen = unclaimed.is_some()
+            || service.unclaimed_status.is_none()
+            || shares.iter().sum::<u32>() >= BUCKETS;
+        if rest_seen
+            && found
+                .iter()
+                .zip(&shares)
+                .all(|(outcome, share)| outcome.is_some() || *share == 0)
         {
             break;
         }
         let decision = decide_spec(rules, spec, &mut sequence);
+        if let Some(status) = decision.local_reply() {
+            unclaimed.get_or_insert_with(|| Outcome {
+                subset: UNCLAIMED.to_string(),
+                cluster: format!("none: answered {status}"),
+                share: BUCKETS - shares.iter().sum::<u32>(),
+                headers: describe_edits(&decision.edits),
+            });
+            continue;
+        }
         let Some(index) = decision.subset else { break };
         if let (Some(slot @ None), Some(subset), Some(share)) = (
             found.get_mut(index),
@@ -609,5 +657,5 @@ pub fn outcomes(
             });
         }
     }
-    found.into_iter().flatten().collect()
+    found.into_iter().flatten().chain(unclaimed).collect()
 }

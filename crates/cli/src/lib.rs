@@ -249,6 +249,10 @@ struct RequestArgs {
     /// The client address (for sticky: {source_ip: true})
     #[arg(long)]
     source_ip: Option<String>,
+    /// The request body, as the gateway would wait for it for `form`
+    /// conditions (give content-type: application/x-www-form-urlencoded)
+    #[arg(long)]
+    body: Option<String>,
 }
 
 impl RequestArgs {
@@ -260,6 +264,7 @@ impl RequestArgs {
             && self.headers.is_empty()
             && self.cookies.is_empty()
             && self.source_ip.is_none()
+            && self.body.is_none()
     }
 
     fn spec(&self) -> Result<RequestSpec, String> {
@@ -268,6 +273,7 @@ impl RequestArgs {
             path: Some(self.path.clone().unwrap_or_else(|| "/".into())),
             method: Some(self.method.clone().unwrap_or_else(|| "GET".into())),
             source_ip: self.source_ip.clone(),
+            body: self.body.clone(),
             ..RequestSpec::default()
         };
         for header in &self.headers {
@@ -467,6 +473,9 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
                 if index == service.default {
                     text.push_str(" (default)");
                 }
+                if subset.affinity {
+                    text.push_str(" (affinity)");
+                }
                 if *share > 0 && !service.weight_table().is_empty() {
                     text.push_str(&format!(" {}", explain::percent(*share)));
                 }
@@ -484,6 +493,15 @@ fn check(file: &Path, quiet: bool) -> Result<String, Failure> {
                 text
             })
             .collect();
+        let mut subsets = subsets;
+        if let Some(status) = service.unclaimed_status {
+            let rest = graylane_core::split::BUCKETS - shares.iter().sum::<u32>();
+            let mut text = format!("no default: unclaimed -> {status}");
+            if !service.weight_table().is_empty() {
+                text.push_str(&format!(" {}", explain::percent(rest)));
+            }
+            subsets.push(text);
+        }
         out.push_str(&format!("  {}: {}\n", service.name, subsets.join("; ")));
         out.push_str(&explain::describe_rules(service));
     }
@@ -637,7 +655,14 @@ fn envoy(args: &EnvoyArgs) -> Result<String, Failure> {
     if document.rules.services.iter().any(|service| service.mirror.is_some()) {
         bootstrap.mirror_header = Some(document.rules.mirror_header.clone());
     }
-    if document.rules.services.iter().any(|service| service.pin.is_some()) {
+    bootstrap.reads_body = document.rules.reads_form;
+    // Lane cookies travel as pin cookies do: the same header, the same copy.
+    if document
+        .rules
+        .services
+        .iter()
+        .any(|service| service.pin.is_some() || service.affinity.is_some())
+    {
         bootstrap.pin_header = Some(document.rules.pin_header.clone());
     }
     // The etcd watch is a gRPC stream: its cluster speaks HTTP/2.

@@ -37,6 +37,9 @@ pub struct RequestSpec {
     pub cookies: BTreeMap<String, String>,
     #[serde(default)]
     pub source_ip: Option<String>,
+    /// The request body, for `form` conditions.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -182,8 +185,15 @@ fn split_named<'t>(
 /// weighted split without a sticky key): then the same request may get
 /// another subset next time.
 pub fn drawn_from_sequence(decision: &Decision<'_>) -> bool {
+    reason_drawn_from_sequence(&decision.reason)
+}
+
+fn reason_drawn_from_sequence(reason: &Reason) -> bool {
+    if let Reason::Unclaimed { after, .. } = reason {
+        return reason_drawn_from_sequence(after);
+    }
     matches!(
-        decision.reason,
+        reason,
         Reason::Weight { sticky: false, .. }
             | Reason::Default {
                 bucket: Some(_),
@@ -213,7 +223,12 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
     outcome.insert("service".into(), json!(service.map(|s| s.name.as_str())));
     outcome.insert("subset".into(), json!(subset.map(|s| s.name.as_str())));
     outcome.insert("cluster".into(), json!(decision.cluster));
-    let reason = match &decision.reason {
+    let mut reason = &decision.reason;
+    if let Reason::Unclaimed { status, after } = reason {
+        outcome.insert("reply".into(), json!(status));
+        reason = after;
+    }
+    let reason = match reason {
         Reason::NoService => "none",
         Reason::Tag => "tag",
         Reason::Match { entry } => {
@@ -227,7 +242,7 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
         } => {
             outcome.insert("bucket".into(), json!(bucket));
             outcome.insert("sticky".into(), json!(sticky));
-            if matches!(decision.reason, Reason::Weight { .. }) {
+            if matches!(reason, Reason::Weight { .. }) {
                 "weight"
             } else {
                 "default"
@@ -248,6 +263,8 @@ pub fn outcome_json(rules: &Rules, spec: &RequestSpec, decision: &Decision<'_>) 
             }
             "rule"
         }
+        Reason::Unclaimed { .. } => "unclaimed",
+        Reason::Affinity => "affinity",
     };
     outcome.insert("reason".into(), json!(reason));
     let edits: Vec<Value> = decision
@@ -300,8 +317,34 @@ pub fn decide_spec<'r>(
 ) -> Decision<'r> {
     let owned = spec.header_pairs();
     let pairs = borrow_pairs(&owned);
-    let request = Request::new(&pairs).with_source_ip(spec.source_ip_bytes());
+    let request = Request::new(&pairs)
+        .with_source_ip(spec.source_ip_bytes())
+        .with_now(clock(rules));
+    let request = with_body(rules, request, spec);
     decide(rules, &request, sequence)
+}
+
+/// The request with its body, when the plugin would wait for it (a form
+/// content type, rules with `form`, within `limits.max_body_bytes`).
+pub fn with_body<'a>(rules: &Rules, request: Request<'a>, spec: &'a RequestSpec) -> Request<'a> {
+    let body = spec.body.as_deref().filter(|body| {
+        graylane_core::decision::body_wanted(rules, &request).is_some_and(|cap| body.len() <= cap)
+    });
+    request.with_form_body(body.map(str::as_bytes))
+}
+
+/// This machine's clock, as the gateway reads its own, for rules that sign
+/// lane cookies (their expiry).
+pub fn clock(rules: &Rules) -> Option<u64> {
+    rules
+        .needs_clock
+        .then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+        })
+        .flatten()
+        .map(|elapsed| elapsed.as_secs())
 }
 
 #[cfg(test)]

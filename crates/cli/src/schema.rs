@@ -135,6 +135,7 @@ fn match_entry() -> Value {
             "headers": named_matches("request headers (names case-insensitive)"),
             "cookies": named_matches("one cookie's value"),
             "query": named_matches("form-decoded query parameters"),
+            "form": named_matches("parameters of an application/x-www-form-urlencoded body, up to limits.max_body_bytes"),
             "cookie_regex": {"type": "string", "minLength": 1,
                 "description": "a regex over the whole Cookie header"},
             "path": string_match("a string match on the path without the query", &[invert()], &[]),
@@ -146,7 +147,7 @@ fn match_entry() -> Value {
         &[],
     );
     if let Some(object) = entry.as_object_mut() {
-        let conditions = ["headers", "cookies", "query", "cookie_regex", "path", "method", "not"];
+        let conditions = ["headers", "cookies", "query", "form", "cookie_regex", "path", "method", "not"];
         let any: Vec<Value> = conditions.iter().map(|c| json!({"required": [c]})).collect();
         object.insert("anyOf".into(), Value::Array(any));
     }
@@ -171,6 +172,8 @@ fn subset() -> Value {
                 "propertyNames": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"},
                 "additionalProperties": header_value("the value written"),
                 "description": "headers written on every request routed to this subset, the default included"},
+            "affinity": {"type": "boolean", "default": false,
+                "description": "a request routed here by tag or match gets the service's lane cookie, which routes later requests here"},
             "mirror": closed(
                 "this subset receives a copy of a share of the requests the service's other subsets serve",
                 json!({
@@ -210,7 +213,9 @@ fn service() -> Value {
                 "description": "exact hosts or *.suffix; absent: any host"},
             "path_prefix": {"type": "string", "pattern": "^/", "default": "/",
                 "description": "plain prefix of the path"},
-            "default": non_empty_string("the subset taking what nothing else claimed"),
+            "default": non_empty_string("the subset taking what nothing else claimed; absent: unclaimed requests get unclaimed_status"),
+            "unclaimed_status": {"type": "integer", "minimum": 200, "maximum": 599, "default": 404,
+                "description": "for a service without a default: the status the gateway answers unclaimed requests with"},
             "sticky": sticky(),
             "headers": named_matches("request headers that must all hold for the service to claim a request"),
             "rules": {"type": "array", "minItems": 1,
@@ -230,22 +235,34 @@ fn service() -> Value {
                     }),
                     &["match", "split"],
                 )},
-            "pin_cookie": closed(
+            "pin_cookie": cookie_settings(
                 "holds a browser without a sticky key in the bucket the weight gave it",
-                json!({
-                    "name": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "default": "graylane_pin"},
-                    "max_age_s": {"type": "integer", "minimum": 1, "maximum": 34_560_000, "default": 86_400},
-                    "path": {"type": "string", "pattern": "^/[^;]*$", "default": "/"},
-                    "domain": {"type": "string", "pattern": "^[^;]+$"},
-                    "secure": {"type": "boolean", "default": true},
-                    "http_only": {"type": "boolean", "default": true},
-                    "same_site": {"enum": ["Strict", "Lax", "None"], "default": "Lax"},
-                }),
-                &[],
+                "graylane_pin",
+            ),
+            "lane_cookie": cookie_settings(
+                "the cookie naming the lane of a subset with affinity; signed with lane_keys when given",
+                "graylane_lane",
             ),
             "subsets": {"type": "array", "minItems": 1, "items": subset()},
         }),
-        &["name", "default", "subsets"],
+        &["name", "subsets"],
+    )
+}
+
+/// `pin_cookie` and `lane_cookie`: one reader, the same settings.
+fn cookie_settings(description: &str, default_name: &str) -> Value {
+    closed(
+        description,
+        json!({
+            "name": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", "default": default_name},
+            "max_age_s": {"type": "integer", "minimum": 1, "maximum": 34_560_000, "default": 86_400},
+            "path": {"type": "string", "pattern": "^/[^;]*$", "default": "/"},
+            "domain": {"type": "string", "pattern": "^[^;]+$"},
+            "secure": {"type": "boolean", "default": true},
+            "http_only": {"type": "boolean", "default": true},
+            "same_site": {"enum": ["Strict", "Lax", "None"], "default": "Lax"},
+        }),
+        &[],
     )
 }
 
@@ -322,6 +339,9 @@ pub fn document_schema() -> Value {
                 "description": "also read and write the lane as this W3C Baggage member (baggage: lane=canary)"},
             "trust_tag": {"type": "boolean", "default": true,
                 "description": "honour an incoming tag; false strips it"},
+            "lane_keys": {"type": "array", "minItems": 1,
+                "items": {"type": "string", "minLength": graylane_core::affinity::MIN_KEY_BYTES},
+                "description": "secrets lane cookies are signed with (HMAC-SHA256): the first signs, any verifies"},
             "services": {"type": "array", "items": service()},
             "limits": limits(),
             "allowed_clusters": {"type": "array", "minItems": 1,

@@ -170,9 +170,16 @@ fn label(rules: &Rules, spec: &RequestSpec, sequence: &mut WeylSequence) -> (Str
             service.name,
             service.subsets.get(subset).map_or("?", |s| s.name.as_str())
         ),
+        (Some(service), None) if decision.local_reply().is_some() => unclaimed_label(service),
         _ => NO_SERVICE.to_string(),
     };
     (name, drawn_unsticky)
+}
+
+/// The row of the requests a service without a default answers itself.
+fn unclaimed_label(service: &graylane_core::rules::Service) -> String {
+    let status = service.unclaimed_status.unwrap_or_default();
+    format!("{}/(unclaimed: {status})", service.name)
 }
 
 const NO_SERVICE: &str = "(no service)";
@@ -187,6 +194,9 @@ fn labels_in_order(rules: &[&Rules]) -> Vec<String> {
                 if !labels.contains(&label) {
                     labels.push(label);
                 }
+            }
+            if service.unclaimed_status.is_some() && !labels.contains(&unclaimed_label(service)) {
+                labels.push(unclaimed_label(service));
             }
         }
     }
@@ -215,10 +225,12 @@ pub fn split(rules: &Rules, requests: &[RequestSpec], seed: u64) -> Split {
     }
     let mut rows = Vec::new();
     for service in &rules.services {
+        let unclaimed = service.unclaimed_status.map(|_| unclaimed_label(service));
         let reached = service
             .subsets
             .iter()
-            .any(|s| counts.contains_key(&format!("{}/{}", service.name, s.name)));
+            .any(|s| counts.contains_key(&format!("{}/{}", service.name, s.name)))
+            || unclaimed.as_ref().is_some_and(|label| counts.contains_key(label));
         if !reached {
             continue;
         }
@@ -226,6 +238,10 @@ pub fn split(rules: &Rules, requests: &[RequestSpec], seed: u64) -> Split {
             let label = format!("{}/{}", service.name, subset.name);
             let count = counts.get(&label).copied().unwrap_or(0);
             rows.push((label, subset.cluster.clone(), count));
+        }
+        if let Some(label) = unclaimed {
+            let count = counts.get(&label).copied().unwrap_or(0);
+            rows.push((label, "-".to_string(), count));
         }
     }
     if let Some(count) = counts.get(NO_SERVICE) {

@@ -3,6 +3,7 @@
 //! only feeds it headers and applies what it returns, and the command-line
 //! tool calls the very same function.
 
+use crate::affinity::LaneCookie;
 use crate::request::Request;
 use crate::rules::{MatchEntry, MirrorTo, NamedMatch, Rules, Service, StickyKey, StringMatch};
 use crate::split::WeylSequence;
@@ -76,11 +77,28 @@ pub enum Reason {
         bucket: Option<u32>,
         sticky: bool,
     },
+    /// The request carried the service's lane cookie naming this subset
+    /// (signed, where the rules have `lane_keys`), which has `affinity`.
+    Affinity,
+    /// The service has no default and nothing claimed the request (`after`
+    /// says how it got there: `Default`, or a `Rule` whose split left it to
+    /// the rest): the gateway answers it itself with `status`.
+    Unclaimed { status: u16, after: Box<Reason> },
 }
 
 impl<'r> Decision<'r> {
     pub fn service<'a>(&self, rules: &'a Rules) -> Option<&'a Service> {
         rules.services.get(self.service?)
+    }
+
+    /// The status the gateway answers the request with itself, instead of
+    /// routing it: set for the unclaimed requests of a service without a
+    /// default.
+    pub fn local_reply(&self) -> Option<u16> {
+        match self.reason {
+            Reason::Unclaimed { status, .. } => Some(status),
+            _ => None,
+        }
     }
 }
 
@@ -119,6 +137,7 @@ pub enum Condition {
     Header(usize),
     Cookie(usize),
     Query(usize),
+    Form(usize),
     /// The entry's `not` held.
     Not,
 }
@@ -216,6 +235,11 @@ pub fn decide_traced<'r>(
         for (name, value) in &subset.set_headers {
             edits.push(HeaderEdit::Set(name.as_str(), value.as_str()));
         }
+    } else if let Some(status) = service.unclaimed_status {
+        return unclaimed(service_index, status, reason, edits);
+    }
+    if let Some(lane_cookie) = &service.affinity {
+        push_lane_cookie(&mut edits, rules, service, lane_cookie, subset_index, &reason, request);
     }
     let written_lane = service
         .subsets
@@ -250,6 +274,68 @@ pub fn decide_traced<'r>(
         subset: Some(subset_index),
         reason,
         cluster,
+        edits,
+    }
+}
+
+/// The subset with `affinity` whose tag the request's lane cookie names
+/// (the first cookie of that name that is honoured). Out of line: only
+/// services with affinity come here.
+#[inline(never)]
+fn lane_by_cookie(service: &Service, lane_cookie: &LaneCookie, request: &Request<'_>) -> Option<usize> {
+    request
+        .cookie_values(&lane_cookie.cookie.name)
+        .filter_map(|value| lane_cookie.lane(&service.name, value, request.now_s()))
+        .find_map(|lane| {
+            service
+                .subsets
+                .iter()
+                .position(|s| s.affinity && s.tag.as_bytes() == lane)
+        })
+}
+
+/// The lane cookie for a request sent to a subset with `affinity` by its
+/// tag or a match entry, through the pin header (the route copies it into
+/// the response). Not re-sent to a request the cookie itself routed.
+#[inline(never)]
+fn push_lane_cookie<'r>(
+    edits: &mut Vec<HeaderEdit<'r>>,
+    rules: &'r Rules,
+    service: &Service,
+    lane_cookie: &LaneCookie,
+    subset_index: usize,
+    reason: &Reason,
+    request: &Request<'_>,
+) {
+    if !matches!(reason, Reason::Tag | Reason::Match { .. }) {
+        return;
+    }
+    let Some(subset) = service.subsets.get(subset_index).filter(|s| s.affinity) else {
+        return;
+    };
+    let cookie = lane_cookie.set_cookie(&service.name, &subset.tag, request.now_s());
+    edits.push(HeaderEdit::SetOwned(rules.pin_header.as_str(), cookie));
+}
+
+/// A request of a service without a default that nothing claimed: no
+/// subset, no cluster, no pin or mirror; only the removals that protect the
+/// request stay. Out of line: services with a default never come here.
+#[cold]
+#[inline(never)]
+fn unclaimed<'r>(
+    service_index: usize,
+    status: u16,
+    after: Reason,
+    edits: Vec<HeaderEdit<'r>>,
+) -> Decision<'r> {
+    Decision {
+        service: Some(service_index),
+        subset: None,
+        reason: Reason::Unclaimed {
+            status,
+            after: Box::new(after),
+        },
+        cluster: None,
         edits,
     }
 }
@@ -320,6 +406,10 @@ fn choose_subset(
     if let Some(tag) = incoming_tag {
         if let Some(index) = service.subsets.iter().position(|s| s.tag.as_bytes() == tag) {
             return (index, Reason::Tag);
+        }
+    } else if let Some(lane_cookie) = &service.affinity {
+        if let Some(index) = lane_by_cookie(service, lane_cookie, request) {
+            return (index, Reason::Affinity);
         }
     }
     for (index, subset) in service.subsets.iter().enumerate() {
@@ -547,11 +637,68 @@ fn failed_condition<const HOT: bool>(
     {
         return Some(Condition::Cookie(at));
     }
-    entry
+    if let Some(at) = entry
         .query
         .iter()
         .position(|c| !named_holds::<HOT, _, _>(c, request.query_values(&c.name)))
-        .map(Condition::Query)
+    {
+        return Some(Condition::Query(at));
+    }
+    if entry.form.is_empty() {
+        return None;
+    }
+    form_failure(entry, request)
+}
+
+/// The first `form` condition that does not hold. Out of line: few entries
+/// have one.
+#[cold]
+#[inline(never)]
+fn form_failure(entry: &MatchEntry, request: &Request<'_>) -> Option<Condition> {
+    entry
+        .form
+        .iter()
+        .position(|c| !named_holds::<false, _, _>(c, request.form_values(&c.name)))
+        .map(Condition::Form)
+}
+
+/// How many body bytes to wait for before deciding this request, if any:
+/// only for rules with `form`, a request to a service whose entries use it,
+/// of content type `application/x-www-form-urlencoded`, with a body
+/// (`content-length` above 0 and within `limits.max_body_bytes`, or none
+/// given; the glue does not wait when the headers end the stream).
+/// Any other request is decided on its headers, where `form` does not match.
+pub fn body_wanted(rules: &Rules, request: &Request<'_>) -> Option<usize> {
+    if !rules.reads_form {
+        return None;
+    }
+    let form_type = request.header("content-type").is_some_and(|value| {
+        let media = value.split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    });
+    if !form_type {
+        return None;
+    }
+    let cap = usize::try_from(rules.limits.max_body_bytes).ok()?;
+    // Without a length (chunked, or HTTP/2) the body callbacks count.
+    if let Some(length) = request.header("content-length") {
+        let length: usize = std::str::from_utf8(length).ok()?.trim().parse().ok()?;
+        if length == 0 || length > cap {
+            return None;
+        }
+    }
+    let host = request.host();
+    let service = rules.host_index.find(
+        &rules.services,
+        host.as_deref().unwrap_or(""),
+        request.path(),
+        |index, service| service_headers_hold(index, service, request, &mut NoTrace),
+    )?;
+    rules
+        .services
+        .get(service)
+        .filter(|service| service.reads_form())
+        .map(|_| cap)
 }
 
 /// [`holds`], turned round by the condition's `invert`.

@@ -15,6 +15,7 @@
 //! - [`metrics`]: metric names and the per-worker request counts.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod baggage;
 pub mod config;
 pub mod json;

@@ -14,6 +14,8 @@ pub type HeaderPair<'a> = (&'a [u8], &'a [u8]);
 pub struct Request<'a> {
     headers: &'a [HeaderPair<'a>],
     source_ip: Option<&'a [u8]>,
+    now_s: Option<u64>,
+    form_body: Option<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
@@ -21,7 +23,27 @@ impl<'a> Request<'a> {
         Request {
             headers,
             source_ip: None,
+            now_s: None,
+            form_body: None,
         }
+    }
+
+    /// The request's `application/x-www-form-urlencoded` body, whole, for
+    /// `form` conditions: given only when the plugin waited for it.
+    pub fn with_form_body(mut self, body: Option<&'a [u8]>) -> Self {
+        self.form_body = body;
+        self
+    }
+
+    /// The gateway's clock, seconds since the epoch, for signed lane
+    /// cookies (`Rules::needs_clock`); none on a host without a clock.
+    pub fn with_now(mut self, now_s: Option<u64>) -> Self {
+        self.now_s = now_s;
+        self
+    }
+
+    pub fn now_s(&self) -> Option<u64> {
+        self.now_s
     }
 
     /// The client address, without port, for `sticky: {"source_ip": true}`.
@@ -89,7 +111,24 @@ impl<'a> Request<'a> {
     /// Every decoded value of a query parameter (`?a=1&a=2` gives both).
     /// A parameter written without `=` has the empty value.
     pub fn query_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, [u8]>> + 's {
-        self.query_string()
+        form_values(self.query_string(), name)
+    }
+
+    /// Every decoded value of a parameter of the form body, as
+    /// [`Request::query_values`] decodes a query; none without a body.
+    pub fn form_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, [u8]>> + 's {
+        form_values(self.form_body, name)
+    }
+}
+
+/// The values of `name` in form-urlencoded text (`a=1&b=x+y%21`): `+` is a
+/// space and `%XX` a byte, in names and values.
+fn form_values<'a, 's>(encoded: Option<&'a [u8]>, name: &'s str) -> impl Iterator<Item = Cow<'a, [u8]>> + 's
+where
+    'a: 's,
+{
+    {
+        encoded
             .into_iter()
             .flat_map(|query| query.split(|&b| b == b'&'))
             .filter(|pair| !pair.is_empty())
@@ -99,6 +138,9 @@ impl<'a> Request<'a> {
                     .then(|| percent_decode(raw_value))
             })
     }
+}
+
+impl<'a> Request<'a> {
 
     /// Every value of a cookie, across all `Cookie` headers (HTTP/2 clients
     /// send one per cookie). A cookie written without `=` is taken as a name

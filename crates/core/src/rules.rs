@@ -15,9 +15,14 @@ pub struct Rules {
     /// The header naming the cluster a copy of the request goes to
     /// (Envoy's `request_mirror_policies` reads it).
     pub mirror_header: String,
-    /// The request header a pin cookie is put in, for the route to copy into
-    /// the response as `set-cookie`.
+    /// The request header a pin cookie (or a lane affinity cookie) is put
+    /// in, for the route to copy into the response as `set-cookie`.
     pub pin_header: String,
+    /// `lane_keys`: the keys lane affinity cookies are signed with.
+    pub lane_keys: crate::affinity::LaneKeys,
+    /// Some service signs lane cookies: the plugin reads the clock for
+    /// their expiry only then (a host call).
+    pub needs_clock: bool,
     /// Also read and write the lane as this W3C Baggage member.
     pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
@@ -30,6 +35,9 @@ pub struct Rules {
     /// Some service is sticky on the source address: the plugin asks the host
     /// for it only then, since each property read crosses the wasm boundary.
     pub needs_source_ip: bool,
+    /// Some match entry has `form`: only then may a request wait for its
+    /// body.
+    pub reads_form: bool,
 }
 
 #[derive(Debug)]
@@ -37,7 +45,8 @@ pub struct Service {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub path_prefix: String,
-    /// Index into `subsets`.
+    /// Index into `subsets`; `subsets.len()` (no subset) for a service
+    /// without a default, whose unclaimed requests get `unclaimed_status`.
     pub default: usize,
     pub sticky: Option<StickyKey>,
     /// `headers`: conditions on request headers that must all hold for the
@@ -52,6 +61,12 @@ pub struct Service {
     pub mirror: Option<MirrorTo>,
     /// Holds a browser without a sticky key in the bucket it was drawn.
     pub pin: Option<PinCookie>,
+    /// `lane_cookie`, present when a subset has `affinity`: the cookie
+    /// naming the lane a request was routed to by tag or match.
+    pub affinity: Option<crate::affinity::LaneCookie>,
+    /// Set exactly when the service has no default: the status of the
+    /// local reply to a request no tag, match, rule or weight claimed.
+    pub unclaimed_status: Option<u16>,
 }
 
 /// `pin_cookie`: the cookie carrying a user's bucket of the weighted split.
@@ -66,6 +81,11 @@ impl PinCookie {
     /// The `set-cookie` value for `bucket`.
     pub fn set_cookie(&self, bucket: u32) -> String {
         format!("{}={bucket}{}", self.name, self.attributes)
+    }
+
+    /// The `set-cookie` value for a cookie of these settings holding `value`.
+    pub fn set_cookie_value(&self, value: &str) -> String {
+        format!("{}={value}{}", self.name, self.attributes)
     }
 }
 
@@ -114,6 +134,9 @@ pub struct Subset {
     pub set_headers: Vec<(String, String)>,
     /// `mirror`: (share in basis points, methods), as written on the subset.
     pub mirror: Option<(u32, Vec<String>)>,
+    /// `affinity`: a request routed here by tag or match gets the service's
+    /// lane cookie, and the cookie routes later ones here.
+    pub affinity: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +167,8 @@ pub struct MatchEntry {
     /// `path.invert`: the path condition holds when the match does not.
     pub path_invert: bool,
     pub query: Vec<NamedMatch>,
+    /// `form`: parameters of an `application/x-www-form-urlencoded` body.
+    pub form: Vec<NamedMatch>,
     /// Upper-case; compared case-insensitively.
     pub methods: Vec<String>,
     /// `not`: an entry that must not hold.
@@ -300,6 +325,24 @@ impl HostIndex {
         }
         consider(&self.any_host);
         best
+    }
+}
+
+impl MatchEntry {
+    /// Whether this entry, or an entry in its `not` chain, has `form`.
+    pub fn uses_form(&self) -> bool {
+        !self.form.is_empty() || self.not.as_ref().is_some_and(|inner| inner.uses_form())
+    }
+}
+
+impl Service {
+    /// Whether a match entry of its subsets or rules has `form`: its
+    /// requests may wait for their body.
+    pub fn reads_form(&self) -> bool {
+        let entries = self.subsets.iter().flat_map(|s| &s.matches);
+        entries
+            .chain(self.rules.iter().flat_map(|r| &r.matches))
+            .any(MatchEntry::uses_form)
     }
 }
 

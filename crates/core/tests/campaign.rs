@@ -203,7 +203,15 @@ fn check_rules(rules: &Rules, limits: &Limits, allowed: Option<&[&str]>) {
     assert!(rules.services.len() as u64 <= limits.services);
     for service in &rules.services {
         assert!(service.subsets.len() as u64 <= limits.subsets_per_service);
-        assert!(service.default < service.subsets.len());
+        // The default is a subset, or the service has none and says what it
+        // answers instead.
+        match service.unclaimed_status {
+            None => assert!(service.default < service.subsets.len()),
+            Some(status) => {
+                assert_eq!(service.default, service.subsets.len());
+                assert!((200..=599).contains(&status));
+            }
+        }
         let weights: u64 = service
             .subsets
             .iter()
@@ -400,6 +408,7 @@ fn generated_answers_never_panic_and_what_installs_keeps_the_inline_limits() {
         pin_header: "x-graylane-pin-cookie".into(),
         tag_baggage_key: None,
         trust_tag: false,
+        lane_keys: Default::default(),
         limits,
         allowed_clusters: Some(vec!["b-stable".into(), "b-canary".into(), "outbound|80|*".into()]),
     };

@@ -22,7 +22,7 @@ use super::{basis_points, header_safe, percent_value, scalar_text, Translation};
 /// One condition of a `vars` expression, as graylane states it.
 #[derive(Debug, Clone)]
 enum Cond {
-    /// `("headers" | "cookies" | "query", condition object)`.
+    /// `("headers" | "cookies" | "query" | "form", condition object)`.
     Named(&'static str, Value),
     /// A string-match object for the path.
     Path(Value),
@@ -385,10 +385,7 @@ fn condition(items: &[Value], losses: &mut Vec<String>) -> Option<Cond> {
 }
 
 fn why_not(var: &str, op: &str) -> String {
-    if var.starts_with("post_arg_") {
-        return "a form body parameter: graylane does not read request bodies".into();
-    }
-    if !["arg_", "http_", "cookie_"]
+    if !["arg_", "http_", "cookie_", "post_arg_"]
         .iter()
         .any(|p| var.starts_with(p))
         && !["uri", "request_method"].contains(&var)
@@ -463,6 +460,9 @@ fn target(var: &str, mut matcher: Value, invert: bool) -> Option<Cond> {
     }
     if let Some(name) = var.strip_prefix("cookie_") {
         return Some(named("cookies", name.to_string(), matcher));
+    }
+    if let Some(name) = var.strip_prefix("post_arg_") {
+        return Some(named("form", name.to_string(), matcher));
     }
     (var == "uri").then_some(Cond::Path(matcher))
 }

@@ -44,19 +44,23 @@ pub fn translate(documents: &[Value]) -> Result<Translation, String> {
             mainline.push(document);
         }
     }
-    let ([mainline], [canary]) = (mainline.as_slice(), canary.as_slice()) else {
-        return Err(format!(
-            "expected one mainline Ingress and one canary Ingress (annotation {PREFIX}canary: \"true\"), got {} and {}",
-            mainline.len(),
-            canary.len()
-        ));
+    let (mainline, canary) = match (mainline.as_slice(), canary.as_slice()) {
+        ([mainline], [canary]) => (Some(*mainline), *canary),
+        ([], [canary]) => (None, *canary),
+        _ => {
+            return Err(format!(
+                "expected at most one mainline Ingress and one canary Ingress (annotation {PREFIX}canary: \"true\"), got {} and {}",
+                mainline.len(),
+                canary.len()
+            ))
+        }
     };
-    let routes = backends(mainline, &mut out);
+    let routes = mainline.map_or_else(Vec::new, |mainline| backends(mainline, &mut out));
     let canary_routes = backends(canary, &mut out);
-    if routes.is_empty() {
+    if mainline.is_some() && routes.is_empty() {
         return Err("the mainline Ingress routes no host and path to a service".into());
     }
-    for annotation_name in annotations(mainline) {
+    for annotation_name in mainline.map_or_else(Vec::new, annotations) {
         out.losses
             .push(format!("the mainline's annotation {annotation_name}"));
     }
@@ -71,7 +75,7 @@ pub fn translate(documents: &[Value]) -> Result<Translation, String> {
     }
     let rules = canary_rules(canary, &mut out);
     let weight = canary_weight(canary, &mut out)?;
-    let base = name_of(mainline);
+    let base = mainline.map_or_else(|| name_of(canary), name_of);
     for (position, route) in routes.iter().enumerate() {
         let Some(canary_route) = canary_routes
             .iter()
@@ -113,11 +117,50 @@ pub fn translate(documents: &[Value]) -> Result<Translation, String> {
         }
         out.services.push(Value::Object(service));
     }
+    unmerged_canaries(canary, &routes, &canary_routes, &mut out);
     out.notes.push(
         "graylane writes the gray tag header (x-gray-tag: canary) on requests it sends to the canary; nginx writes none"
             .into(),
     );
     Ok(out)
+}
+
+/// The canary's hosts and paths that no mainline backend has. nginx merges
+/// a canary only into a mainline location of the same host and path and
+/// drops the others ("unable to find real backend for alternative
+/// backend"), so its default backend answers them 404 whatever the header,
+/// cookie or weight: here a service without a default answers 404 too. It
+/// comes after the mainline's services, so a mainline prefix that takes
+/// the path in nginx still takes it first here.
+fn unmerged_canaries(canary: &Value, routes: &[Route], canary_routes: &[Route], out: &mut Translation) {
+    let base = name_of(canary);
+    for (position, route) in canary_routes.iter().enumerate() {
+        if routes
+            .iter()
+            .any(|mainline| mainline.host == route.host && mainline.path == route.path)
+        {
+            continue;
+        }
+        let mut service = Map::new();
+        service.insert("name".into(), json!(format!("{base}-unmerged-{position}")));
+        if let Some(host) = &route.host {
+            service.insert("hosts".into(), json!([host]));
+        }
+        if route.path != "/" {
+            service.insert("path_prefix".into(), json!(route.path));
+        }
+        service.insert("unclaimed_status".into(), json!(404));
+        service.insert(
+            "subsets".into(),
+            json!([{"name": "canary", "cluster": route.cluster}]),
+        );
+        out.services.push(Value::Object(service));
+        out.notes.push(format!(
+            "host {} path {}: no mainline backend, so nginx drops the canary there and its default backend answers 404; a service without a default answers 404 here",
+            route.host.as_deref().unwrap_or("(any)"),
+            route.path
+        ));
+    }
 }
 
 /// One host and path of an Ingress and the cluster of its backend.

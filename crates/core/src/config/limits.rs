@@ -31,6 +31,9 @@ pub struct Limits {
     /// Headers one subset's `set_headers` writes (each is a call into the
     /// gateway per request).
     pub set_headers: u64,
+    /// The most of a form body (`form` conditions) a request is held for;
+    /// past it, or with another content type, `form` does not match.
+    pub max_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             value_bytes: 4_096,
             in_values: 10_000,
             set_headers: 16,
+            max_body_bytes: 8_192,
         }
     }
 }
@@ -65,6 +69,9 @@ const SETTINGS: &[Setting] = &[
     ("value_bytes", 1 << 20, |l| &mut l.value_bytes),
     ("in_values", 1_000_000, |l| &mut l.in_values),
     ("set_headers", 256, |l| &mut l.set_headers),
+    // Below Envoy's 1 MiB per-connection buffer, with room for the last
+    // read: past that buffer Envoy answers 413 to a paused HTTP/1.1 body.
+    ("max_body_bytes", 512 << 10, |l| &mut l.max_body_bytes),
 ];
 
 impl Limits {
@@ -117,6 +124,11 @@ pub(crate) struct Budget {
     /// The headers the plugin writes itself: `set_headers` may not name them.
     pub cluster_header: String,
     pub tag_header: String,
+    /// Whether incoming tags are honoured, and the keys lane cookies are
+    /// signed with: a lane cookie at an edge that does not trust tags must
+    /// be signed.
+    pub trust_tag: bool,
+    pub lane_keys: crate::affinity::LaneKeys,
     match_entries: u64,
     in_values: u64,
     regexes: u64,
@@ -136,6 +148,8 @@ impl Budget {
             allowed_clusters: None,
             cluster_header: super::DEFAULT_CLUSTER_HEADER.to_string(),
             tag_header: super::DEFAULT_TAG_HEADER.to_string(),
+            trust_tag: true,
+            lane_keys: crate::affinity::LaneKeys::default(),
             match_entries: 0,
             in_values: 0,
             regexes: 0,
@@ -150,6 +164,8 @@ impl Budget {
             allowed_clusters: base.allowed_clusters.clone(),
             cluster_header: base.cluster_header.clone(),
             tag_header: base.tag_header.clone(),
+            trust_tag: base.trust_tag,
+            lane_keys: base.lane_keys.clone(),
             ..Budget::fragment()
         }
     }

@@ -29,6 +29,9 @@ pub(crate) fn read_match_entry(
         query: read_named_matches(&mut object, "query", budget, errors, |name| {
             Ok(name.to_string())
         }),
+        form: read_named_matches(&mut object, "form", budget, errors, |name| {
+            Ok(name.to_string())
+        }),
         ..MatchEntry::default()
     };
     if let Some((pattern, regex_path)) = object.non_empty_string("cookie_regex", false, errors) {

@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 
 use crate::json::{self, Node};
 use crate::read::{ConfigErrors, Object, Path, Refusal};
+use crate::affinity::{LaneKeys, MIN_KEY_BYTES};
 use crate::rules::{HostIndex, Rules, Service, StickyKey};
 
 pub use crate::read::ConfigError;
@@ -51,6 +52,7 @@ const INLINE_ONLY_FIELDS: &[&str] = &[
     "pin_header",
     "tag_baggage_key",
     "trust_tag",
+    "lane_keys",
     "limits",
     "allowed_clusters",
     "source",
@@ -67,6 +69,9 @@ pub struct Base {
     pub pin_header: String,
     pub tag_baggage_key: Option<String>,
     pub trust_tag: bool,
+    /// Lane affinity cookies are signed with the first and accepted with
+    /// any: secrets of the plugin's configuration, never of a rules source.
+    pub lane_keys: LaneKeys,
     /// A fetched document is held to the inline document's limits.
     pub limits: Limits,
     /// When given, the only clusters a subset may name, inline or fetched:
@@ -83,6 +88,7 @@ impl Base {
             pin_header: rules.pin_header.clone(),
             tag_baggage_key: rules.tag_baggage_key.clone(),
             trust_tag: rules.trust_tag,
+            lane_keys: rules.lane_keys.clone(),
             limits: rules.limits,
             allowed_clusters: rules.allowed_clusters.clone(),
         }
@@ -147,6 +153,7 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         .map_or(true, |(flag, _)| flag);
     let limits = Limits::read(&mut root, &mut errors);
     let tag_baggage_key = read_baggage_key(&mut root, &mut errors);
+    let lane_keys = read_lane_keys(&mut root, &mut errors);
     let allowed_clusters = read_allowed_clusters(&mut root, &limits, &mut errors);
     let base = Base {
         cluster_header,
@@ -155,6 +162,7 @@ pub fn compile_node(document: &Node) -> Result<Rules, ConfigErrors> {
         pin_header,
         tag_baggage_key,
         trust_tag,
+        lane_keys,
         limits,
         allowed_clusters,
     };
@@ -210,6 +218,8 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
     let needs_source_ip = services
         .iter()
         .any(|s| s.sticky == Some(StickyKey::SourceIp));
+    let reads_form = services.iter().any(Service::reads_form);
+    let needs_clock = !base.lane_keys.is_empty() && services.iter().any(|s| s.affinity.is_some());
     Rules {
         cluster_header: base.cluster_header,
         tag_header: base.tag_header,
@@ -217,11 +227,14 @@ fn build_rules(base: Base, services: Vec<Service>) -> Rules {
         pin_header: base.pin_header,
         tag_baggage_key: base.tag_baggage_key,
         trust_tag: base.trust_tag,
+        lane_keys: base.lane_keys,
+        needs_clock,
         limits: base.limits,
         allowed_clusters: base.allowed_clusters,
         services,
         host_index,
         needs_source_ip,
+        reads_form,
     }
 }
 
@@ -288,6 +301,33 @@ fn refuse_shared_header_names(root: &mut Object<'_>, fields: &[(&'static str, &S
             error.offset = root.get(field).map(|(node, _)| node.offset);
         }
     }
+}
+
+/// `lane_keys`: a non-empty list of secrets, each at least
+/// [`MIN_KEY_BYTES`] long.
+fn read_lane_keys(root: &mut Object<'_>, errors: &mut ConfigErrors) -> LaneKeys {
+    let Some((items, path)) = root.array("lane_keys", errors) else {
+        return LaneKeys::default();
+    };
+    if items.is_empty() {
+        if let Some((node, _)) = root.get("lane_keys") {
+            errors.push(&path, node, "must list at least one key (leave the field out for unsigned lane cookies)");
+        }
+    }
+    let mut keys = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(key) if key.len() >= MIN_KEY_BYTES => keys.push(key.as_bytes().to_vec()),
+            // The key itself is a secret: not echoed in the refusal.
+            Some(key) => errors.push(
+                &path.index(position),
+                item,
+                format!("a key of {} bytes is too short to keep secret: at least {MIN_KEY_BYTES}", key.len()),
+            ),
+            None => errors.push(&path.index(position), item, crate::read::wrong_type("a string", item)),
+        }
+    }
+    LaneKeys::new(keys)
 }
 
 /// A baggage key is an HTTP token (W3C Baggage).

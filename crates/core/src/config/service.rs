@@ -10,6 +10,7 @@ use super::rule::{read_rules, weights_over_100};
 use super::subset::read_subset;
 use crate::json::Node;
 use crate::read::{wrong_type, ConfigErrors, Object, Path, Refusal};
+use crate::affinity::LaneCookie;
 use crate::rules::{HostPattern, MirrorTo, PinCookie, Service, StickyKey, Subset};
 use crate::split::WeightTable;
 
@@ -45,9 +46,11 @@ pub(crate) fn read_service(
     let headers = read_named_matches(&mut object, "headers", budget, errors, |name| {
         check_header_name(name).map(|()| name.to_ascii_lowercase())
     });
-    let default = object.non_empty_string("default", true, errors);
+    let default = object.non_empty_string("default", false, errors);
+    let unclaimed_status = read_unclaimed_status(&mut object, default.is_some(), errors);
     let sticky = read_sticky(&mut object, errors);
-    let pin = read_pin_cookie(&mut object, errors);
+    let pin = read_cookie(&mut object, "pin_cookie", "graylane_pin", errors).map(|(cookie, _)| cookie);
+    let lane_cookie = read_cookie(&mut object, "lane_cookie", "graylane_lane", errors);
 
     let mut subsets: Vec<(usize, Subset, &Node)> = Vec::new();
     let mut subsets_path = object.child("subsets");
@@ -96,23 +99,31 @@ pub(crate) fn read_service(
     });
     check_unique(errors, &subsets_path, &subsets, "tag", |subset| &subset.tag);
 
-    let (default_name, default_path) = default?;
-    let Some(default) = subsets
-        .iter()
-        .position(|(_, subset, _)| subset.name == default_name)
-    else {
-        let known: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
-        let node = value.get("default").unwrap_or(value);
-        errors.push(
-            &default_path,
-            node,
-            format!(
-                "names no subset of this service: {default_name:?} (subsets: {})",
-                known.join(", ")
-            ),
-        );
-        return None;
+    // Without a default, the index past the subsets stands for "no
+    // subset": the weight layout fills its gaps with it, and what lands
+    // there gets the local reply.
+    let default = match default {
+        None => Some(subsets.len()),
+        Some((default_name, default_path)) => {
+            let found = subsets
+                .iter()
+                .position(|(_, subset, _)| subset.name == default_name);
+            if found.is_none() {
+                let known: Vec<&str> = subsets.iter().map(|(_, s, _)| s.name.as_str()).collect();
+                let node = value.get("default").unwrap_or(value);
+                errors.push(
+                    &default_path,
+                    node,
+                    format!(
+                        "names no subset of this service: {default_name:?} (subsets: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+            found
+        }
     };
+    let default = default?;
 
     let weighted: Vec<(usize, u32)> = subsets
         .iter()
@@ -131,6 +142,8 @@ pub(crate) fn read_service(
     }
 
     let mirror = read_mirror_subset(&subsets, default, &subsets_path, errors);
+    let lane_cookie_at = (value.get("lane_cookie").unwrap_or(value), path.key("lane_cookie"));
+    let affinity = read_affinity(lane_cookie_at, lane_cookie, pin.as_ref(), &subsets, &subsets_path, budget, errors);
 
     Some(Service {
         name: name?,
@@ -144,7 +157,86 @@ pub(crate) fn read_service(
         subsets: subsets.into_iter().map(|(_, subset, _)| subset).collect(),
         mirror,
         pin,
+        affinity,
+        unclaimed_status,
     })
+}
+
+/// The service's lane cookie, when a subset has `affinity`: `lane_cookie`'s
+/// settings (or the defaults) and the configuration's keys. An edge that
+/// does not trust tags honours only signed cookies, so there affinity needs
+/// `lane_keys`.
+fn read_affinity(
+    (lane_cookie_node, lane_cookie_path): (&Node, Path),
+    lane_cookie: Option<(PinCookie, u64)>,
+    pin: Option<&PinCookie>,
+    subsets: &[(usize, Subset, &Node)],
+    subsets_path: &Path,
+    budget: &Budget,
+    errors: &mut ConfigErrors,
+) -> Option<LaneCookie> {
+    let with_affinity: Vec<(usize, &Node)> = subsets
+        .iter()
+        .filter(|(_, subset, _)| subset.affinity)
+        .map(|(position, _, node)| (*position, *node))
+        .collect();
+    let Some(&(first, first_node)) = with_affinity.first() else {
+        if lane_cookie.is_some() {
+            errors.push(
+                &lane_cookie_path,
+                lane_cookie_node,
+                "no subset of this service has affinity: true, so no lane cookie is ever set",
+            );
+        }
+        return None;
+    };
+    if !budget.trust_tag && budget.lane_keys.is_empty() {
+        errors.push(
+            &subsets_path.index(first).key("affinity"),
+            first_node.get("affinity").unwrap_or(first_node),
+            "trust_tag is false, so only a signed lane cookie may pick a lane: give lane_keys in the plugin configuration",
+        );
+        return None;
+    }
+    let (cookie, max_age_s) = match lane_cookie {
+        Some(settings) => settings,
+        None => cookie_settings("graylane_lane", CookieAttributes::default()),
+    };
+    if pin.is_some_and(|pin| pin.name == cookie.name) {
+        errors.push(
+            &lane_cookie_path.key("name"),
+            lane_cookie_node.get("name").unwrap_or(lane_cookie_node),
+            "must differ from pin_cookie's name",
+        );
+    }
+    Some(LaneCookie {
+        cookie,
+        max_age_s,
+        keys: budget.lane_keys.clone(),
+    })
+}
+
+/// `unclaimed_status`: the status answered, for a service without a
+/// default, to the requests nothing claimed. Only such a service may give
+/// it, since with a default nothing is left unclaimed.
+fn read_unclaimed_status(
+    object: &mut Object<'_>,
+    has_default: bool,
+    errors: &mut ConfigErrors,
+) -> Option<u16> {
+    const NOT_FOUND: u64 = 404;
+    if has_default {
+        if let Some((node, path)) = object.get("unclaimed_status") {
+            errors.push(
+                &path,
+                node,
+                "applies only to a service without a default (with one, the default takes what nothing else claimed)",
+            );
+        }
+        return None;
+    }
+    let status = object.integer("unclaimed_status", (200, 599), NOT_FOUND, errors);
+    u16::try_from(status).ok()
 }
 
 /// At most one subset of a service receives copies (the gateway mirrors to
@@ -233,10 +325,16 @@ fn read_hosts(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Vec<HostPat
     hosts
 }
 
-/// `pin_cookie: {"name"?, "max_age_s"?, "path"?, "domain"?, "secure"?,
-/// "http_only"?, "same_site"?}`.
-fn read_pin_cookie(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<PinCookie> {
-    let (value, path) = object.get("pin_cookie")?;
+/// `pin_cookie` and `lane_cookie`: `{"name"?, "max_age_s"?, "path"?,
+/// "domain"?, "secure"?, "http_only"?, "same_site"?}`. The cookie and its
+/// `Max-Age`.
+fn read_cookie(
+    object: &mut Object<'_>,
+    field: &'static str,
+    default_name: &str,
+    errors: &mut ConfigErrors,
+) -> Option<(PinCookie, u64)> {
+    let (value, path) = object.get(field)?;
     let mut pin = Object::new(value, &path, errors)?;
     let cookie_token = |text: &str| {
         !text.is_empty()
@@ -255,17 +353,48 @@ fn read_pin_cookie(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option
         }
         None
     };
-    let name = text_field(&mut pin, "name", &cookie_token, "a cookie name").unwrap_or_else(|| "graylane_pin".into());
-    let cookie_path = text_field(&mut pin, "path", &|t: &str| t.starts_with('/') && attribute_value(t), "a path starting with '/'")
-        .unwrap_or_else(|| "/".into());
+    let name = text_field(&mut pin, "name", &cookie_token, "a cookie name").unwrap_or_else(|| default_name.into());
+    let defaults = CookieAttributes::default();
+    let path = text_field(&mut pin, "path", &|t: &str| t.starts_with('/') && attribute_value(t), "a path starting with '/'")
+        .unwrap_or(defaults.path);
     let domain = text_field(&mut pin, "domain", &|t: &str| !t.is_empty() && attribute_value(t), "a domain");
     let same_site = text_field(&mut pin, "same_site", &|t: &str| matches!(t, "Strict" | "Lax" | "None"), "Strict, Lax or None")
-        .unwrap_or_else(|| "Lax".into());
-    let max_age = pin.integer("max_age_s", (1, 34_560_000), 86_400, errors);
-    let secure = pin.bool("secure", errors).map_or(true, |(flag, _)| flag);
-    let http_only = pin.bool("http_only", errors).map_or(true, |(flag, _)| flag);
+        .unwrap_or(defaults.same_site);
+    let max_age = pin.integer("max_age_s", (1, 34_560_000), defaults.max_age, errors);
+    let secure = pin.bool("secure", errors).map_or(defaults.secure, |(flag, _)| flag);
+    let http_only = pin.bool("http_only", errors).map_or(defaults.http_only, |(flag, _)| flag);
     pin.finish(&[], errors);
-    let mut attributes = format!("; Max-Age={max_age}; Path={cookie_path}");
+    let attributes = CookieAttributes { max_age, path, domain, secure, http_only, same_site };
+    Some(cookie_settings(&name, attributes))
+}
+
+/// A cookie's attributes after its value, as `pin_cookie` and
+/// `lane_cookie` give them.
+struct CookieAttributes {
+    max_age: u64,
+    path: String,
+    domain: Option<String>,
+    secure: bool,
+    http_only: bool,
+    same_site: String,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> Self {
+        CookieAttributes {
+            max_age: 86_400,
+            path: "/".into(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: "Lax".into(),
+        }
+    }
+}
+
+fn cookie_settings(name: &str, settings: CookieAttributes) -> (PinCookie, u64) {
+    let CookieAttributes { max_age, path, domain, secure, http_only, same_site } = settings;
+    let mut attributes = format!("; Max-Age={max_age}; Path={path}");
     if let Some(domain) = domain {
         attributes.push_str(&format!("; Domain={domain}"));
     }
@@ -276,7 +405,7 @@ fn read_pin_cookie(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option
         attributes.push_str("; HttpOnly");
     }
     attributes.push_str(&format!("; SameSite={same_site}"));
-    Some(PinCookie { name, attributes })
+    (PinCookie { name: name.to_string(), attributes }, max_age)
 }
 
 fn read_sticky(object: &mut Object<'_>, errors: &mut ConfigErrors) -> Option<StickyKey> {

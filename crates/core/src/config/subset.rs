@@ -61,11 +61,22 @@ pub(crate) fn read_subset(
         None => Vec::new(),
     };
     let set_headers = read_set_headers(&mut object, budget, errors);
+    let affinity = object.bool("affinity", errors).is_some_and(|(flag, _)| flag);
     object.finish(&[], errors);
     let (name, _) = name?;
+    let tag = tag.unwrap_or_else(|| name.clone());
+    // The lane goes into a cookie value as it is.
+    if affinity && !tag.bytes().all(is_cookie_octet) {
+        let node = value.get("affinity").unwrap_or(value);
+        errors.push(
+            &path.key("affinity"),
+            node,
+            format!("the tag {tag:?} cannot be a cookie value (no '\"', ',', ';' or '\\')"),
+        );
+    }
     Some(Subset {
         set_headers,
-        tag: tag.unwrap_or_else(|| name.clone()),
+        tag,
         name,
         cluster: cluster?,
         weight,
@@ -73,7 +84,13 @@ pub(crate) fn read_subset(
         canary,
         bluegreen,
         mirror,
+        affinity,
     })
+}
+
+/// RFC 6265's cookie-octet.
+fn is_cookie_octet(byte: u8) -> bool {
+    matches!(byte, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 
 /// `set_headers`: `{name: value}` written on every request routed to the

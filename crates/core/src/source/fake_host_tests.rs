@@ -200,6 +200,7 @@ fn base() -> Base {
         pin_header: "x-graylane-pin-cookie".into(),
         tag_baggage_key: None,
         trust_tag: true,
+        lane_keys: Default::default(),
         limits: Default::default(),
         allowed_clusters: None,
     }

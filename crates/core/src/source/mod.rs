@@ -200,6 +200,7 @@ mod tests {
             pin_header: "x-graylane-pin-cookie".into(),
             tag_baggage_key: None,
             trust_tag: false,
+            lane_keys: Default::default(),
             limits: Default::default(),
             allowed_clusters: None,
         }

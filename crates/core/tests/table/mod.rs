@@ -3,7 +3,8 @@
 //! the same table compiled to WebAssembly under node, so the code that ships
 //! is held to the same answers.
 //!
-//! Edits read as: `-name` removes a header, `name=value` sets it.
+//! Edits read as: `-name` removes a header, `name=value` sets it; `!404`
+//! last says the gateway answers the request itself with that status.
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
@@ -191,6 +192,45 @@ pub const PIN_RULE: &str = r#"{
   ]
 }"#;
 
+/// Services without a default (issue 19, item 7): what nothing claims is
+/// answered by the gateway. Sticky on `userid`: in this service user-98 is
+/// bucket 5, user-23 bucket 640, user-0 bucket 8261.
+pub const NO_DEFAULT: &str = r#"{
+  "services": [
+    { "name": "canary-only", "hosts": ["nd.example.com"], "sticky": { "header": "userid" },
+      "subsets": [
+        { "name": "canary", "cluster": "nd-canary", "weight": 5,
+          "match": [ { "headers": [ { "name": "x-canary", "exact": "always" } ] } ] },
+        { "name": "beta", "cluster": "nd-beta", "tag": "beta", "set_headers": { "x-lane": "beta" } }
+      ],
+      "rules": [ { "match": [ { "headers": [ { "name": "x-app", "exact": "mobile" } ] } ],
+                   "split": [ { "subset": "beta", "weight": 50 } ] } ] },
+    { "name": "teapot", "hosts": ["tea.example.com"], "unclaimed_status": 418,
+      "subsets": [ { "name": "v2", "cluster": "tea-v2", "match": [ { "headers": [ { "name": "x-v2", "present": true } ] } ] } ] }
+  ]
+}"#;
+
+/// Lane affinity at an edge (issue 19, item 8), decided without a clock
+/// as on APISIX's host: the signed cookie carries expiry 0. Its MAC,
+/// HMAC-SHA256 over (u64 length, "shop", u64 length, "canary", "0") with the
+/// key, was computed apart (Python's `hmac`): a test vector of the format.
+pub const AFFINITY: &str = r#"{"trust_tag": false, "lane_keys": ["graylane-table-key-1"],
+  "services": [
+    { "name": "shop", "hosts": ["aff.example.com"], "default": "stable",
+      "lane_cookie": { "name": "gl_lane", "secure": false },
+      "subsets": [
+        { "name": "stable", "cluster": "aff-stable" },
+        { "name": "canary", "cluster": "aff-canary", "affinity": true,
+          "match": [ { "headers": [ { "name": "x-canary", "exact": "always" } ] } ] },
+        { "name": "beta", "cluster": "aff-beta",
+          "match": [ { "headers": [ { "name": "x-beta", "exact": "1" } ] } ] }
+      ] }
+  ]
+}"#;
+
+/// The cookie the table's edge sets for the canary, without a clock.
+const LANE_COOKIE: &str = "gl_lane=canary.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e";
+
 pub struct Case {
     pub name: &'static str,
     pub rules: &'static str,
@@ -221,6 +261,8 @@ const B: (&[u8], &[u8]) = (b":authority", b"b.example.com");
 const GET: (&[u8], &[u8]) = (b":method", b"GET");
 const API: (&[u8], &[u8]) = (b":authority", b"api.example.com");
 const X: (&[u8], &[u8]) = (b":authority", b"x.example.com");
+const ND: (&[u8], &[u8]) = (b":authority", b"nd.example.com");
+const AFF: (&[u8], &[u8]) = (b":authority", b"aff.example.com");
 
 pub const CASES: &[Case] = &[
     // --- the contract's example ---
@@ -1382,6 +1424,122 @@ pub const CASES: &[Case] = &[
         &["x-graylane-cluster=c-nested", "x-gray-tag=nested"],
     ),
     case(
+        "no default: a match still routes",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"x-canary", b"always")],
+        Some("nd-canary"),
+        &["x-graylane-cluster=nd-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "no default: a tag still routes, with its set_headers",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"x-gray-tag", b"beta")],
+        Some("nd-beta"),
+        &["x-graylane-cluster=nd-beta", "x-lane=beta"],
+    ),
+    case(
+        "no default: a sticky user inside the 5% (bucket 5)",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"userid", b"user-98")],
+        Some("nd-canary"),
+        &["x-graylane-cluster=nd-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "no default: a user outside the weights (bucket 8261) is answered 404",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"userid", b"user-0")],
+        None,
+        &["!404"],
+    ),
+    case(
+        "no default: a rule's rest (bucket 8261 of a 50% split) is answered 404",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"x-app", b"mobile"), (b"userid", b"user-0")],
+        None,
+        &["!404"],
+    ),
+    case(
+        "no default: a rule's share (bucket 640) routes",
+        NO_DEFAULT,
+        &[ND, GET, (b":path", b"/"), (b"x-app", b"mobile"), (b"userid", b"user-23")],
+        Some("nd-beta"),
+        &["x-graylane-cluster=nd-beta", "x-gray-tag=beta", "x-lane=beta"],
+    ),
+    case(
+        "no default: a spoofed cluster header is still removed before the reply",
+        NO_DEFAULT,
+        &[(b":authority", b"tea.example.com"), GET, (b":path", b"/"), (b"x-graylane-cluster", b"tea-v2")],
+        None,
+        &["-x-graylane-cluster", "!418"],
+    ),
+    case(
+        "no default: unclaimed_status chooses the status",
+        NO_DEFAULT,
+        &[(b":authority", b"tea.example.com"), GET, (b":path", b"/")],
+        None,
+        &["!418"],
+    ),
+    case(
+        "no default: another host is no service's, and passes untouched",
+        NO_DEFAULT,
+        &[(b":authority", b"other.example.com"), GET, (b":path", b"/")],
+        None,
+        &[],
+    ),
+    case(
+        "affinity: a match sets the signed lane cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-canary", b"always")],
+        Some("aff-canary"),
+        &[
+            "x-graylane-cluster=aff-canary",
+            "x-gray-tag=canary",
+            "x-graylane-pin-cookie=gl_lane=canary.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e; Max-Age=86400; Path=/; HttpOnly; SameSite=Lax",
+        ],
+    ),
+    case(
+        "affinity: the signed cookie routes as the tag would, and is not set again",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", LANE_COOKIE.as_bytes())],
+        Some("aff-canary"),
+        &["x-graylane-cluster=aff-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "affinity: the cookie comes before match entries, as a tag does",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-beta", b"1"), (b"cookie", LANE_COOKIE.as_bytes())],
+        Some("aff-canary"),
+        &["x-graylane-cluster=aff-canary", "x-gray-tag=canary"],
+    ),
+    case(
+        "affinity: an unsigned cookie at the edge is ignored",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", b"gl_lane=canary")],
+        Some("aff-stable"),
+        &["x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: a cookie signed for another lane's name is ignored",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"cookie", b"gl_lane=beta.0.07bce733a06880f98ed84e180adf8a78a612e43a146121091ea25c8bb4f35a3e")],
+        Some("aff-stable"),
+        &["x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: the untrusted tag is stripped and sets no cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-gray-tag", b"canary")],
+        Some("aff-stable"),
+        &["-x-gray-tag", "x-graylane-cluster=aff-stable"],
+    ),
+    case(
+        "affinity: a subset without affinity sets no cookie",
+        AFFINITY,
+        &[AFF, GET, (b":path", b"/"), (b"x-beta", b"1")],
+        Some("aff-beta"),
+        &["x-graylane-cluster=aff-beta", "x-gray-tag=beta"],
+    ),
+    case(
         "pin and rule: a rule's draw without a key is pinned (bucket 712)",
         PIN_RULE,
         &[(b":authority", b"pin-rule.example.com"), GET, (b":path", b"/"), (b"x-app", b"mobile")],
@@ -1424,7 +1582,8 @@ pub fn failures() -> Vec<String> {
         };
         let request = Request::new(case.headers).with_source_ip(case.source_ip);
         let decision = decide(&rules, &request, &mut WeylSequence::new(7));
-        let edits: Vec<String> = decision.edits.iter().map(render).collect();
+        let mut edits: Vec<String> = decision.edits.iter().map(render).collect();
+        edits.extend(decision.local_reply().map(|status| format!("!{status}")));
         if decision.cluster != case.cluster || edits != case.edits {
             failures.push(format!(
                 "{}: got cluster {:?} edits {:?}; want {:?} {:?}",
